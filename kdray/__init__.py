@@ -1,0 +1,3 @@
+"""kdray: knowledge-distillation research on Ray Train/Tune, Optuna and MLflow."""
+
+__version__ = "0.1.0"

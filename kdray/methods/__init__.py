@@ -1,0 +1,16 @@
+"""Method registry: one line per method."""
+
+from __future__ import annotations
+
+from kdray.methods.base import Method
+from kdray.methods.ce import CE
+from kdray.methods.kd import KD
+
+METHODS: dict[str, type[Method]] = {
+    "ce": CE,
+    "kd": KD,
+}
+
+
+def build_method(cfg, num_classes: int) -> Method:
+    return METHODS[cfg.method](cfg, num_classes=num_classes)
