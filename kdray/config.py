@@ -168,8 +168,10 @@ class ResourcesConfig:
     cpus_per_worker: int = 1
     gpus_per_worker: float = 0.0     # fractional allowed; > 0 selects NCCL and CUDA
     max_failures: int = 2            # worker-failure restarts per run (Ray Train FailureConfig)
+    placement: str = "PACK"          # PACK | SPREAD: how a run's workers are spread over nodes
 
     def __post_init__(self) -> None:
+        check_choice("resources.placement", self.placement, ("PACK", "SPREAD", "STRICT_SPREAD"))
         check_range("resources.num_workers", self.num_workers, 1)
         check_range("resources.cpus_per_worker", self.cpus_per_worker, 0)
         check_range("resources.gpus_per_worker", self.gpus_per_worker, 0.0)

@@ -78,6 +78,12 @@ class Method(nn.Module):
         return unwrap(self.student)(x).logits
 
     # ------------------------------------------------------------------ checkpoints
+    def init_from_checkpoint(self, path: str) -> None:
+        """Start from the model weights of a kdray checkpoint (`train.init_from`)."""
+        from kdray.engine.checkpoint import load_checkpoint
+
+        self.load_checkpoint_state(load_checkpoint(path)["model"])
+
     def checkpoint_state(self) -> dict[str, dict]:
         """State dicts of each child module, unwrapped from DDP (keys independent of world size)."""
         return {name: unwrap(m).state_dict() for name, m in self.named_children()}

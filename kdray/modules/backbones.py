@@ -29,10 +29,24 @@ class ConvNet(nn.Module):
         return self.blocks(x).mean(dim=(2, 3))
 
 
+class MLP(nn.Module):
+    """Flatten + 2-layer MLP without normalisation: exact DDP-vs-single-process comparisons."""
+
+    def __init__(self, in_features: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, width), nn.ReLU(),
+                                 nn.Linear(width, width), nn.ReLU())
+        self.num_features = width
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "conv4": lambda **kw: ConvNet(64, 4),
     "conv4_wide": lambda **kw: ConvNet(128, 4),
     "conv2": lambda **kw: ConvNet(32, 2),
+    "mlp": lambda image_size=32, **kw: MLP(3 * (image_size or 32) ** 2),
 }
 
 

@@ -1,0 +1,130 @@
+"""`kdray` command line: train, study, eval, report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import runpy
+import sys
+
+from kdray.config import ConfigError, ExperimentConfig, parse_overrides
+
+
+def _cfg(args) -> ExperimentConfig:
+    over = parse_overrides(args.set)
+    if getattr(args, "method", None):
+        over = {"method": args.method, **over}
+    if getattr(args, "config", None):
+        with open(args.config) as f:
+            return ExperimentConfig.from_dict(json.load(f)).override(over)
+    return ExperimentConfig().override(over)
+
+
+def cmd_train(args) -> int:
+    cfg = _cfg(args)
+    if args.workers:
+        cfg = cfg.override({"resources.num_workers": args.workers})
+    if args.no_ray:
+        from kdray.engine.runner import run_local
+
+        res = run_local(cfg, args.out)
+        print(json.dumps({"metrics": res.metrics, "checkpoint": args.out}, indent=2))
+        return 0
+    from kdray.runtime.fit import fit
+
+    res = fit(cfg, run_name=args.name or cfg.name, storage_path=args.storage_path,
+              tracking_uri=args.tracking_uri, address=args.address)
+    print(json.dumps({"metrics": res.metrics, "mlflow_run_id": res.mlflow_run_id,
+                      "checkpoint": res.checkpoint_path}, indent=2))
+    return 0
+
+
+def cmd_study(args, rest: list[str]) -> int:
+    path = args.study
+    if not path.endswith(".py"):
+        path = os.path.join("studies", f"{path}.py")
+    if not os.path.isfile(path):
+        raise ConfigError(f"no study script at {path!r} (run from the repository root, or pass a path)")
+    sys.argv = [path, *rest]
+    runpy.run_path(path, run_name="__main__")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from kdray.data import build_eval_dataset, num_train_classes
+    from kdray.engine.checkpoint import load_checkpoint
+    from kdray.eval import build_evaluator
+    from kdray.methods import build_method
+
+    state = load_checkpoint(args.checkpoint)
+    cfg = ExperimentConfig.from_dict(state["config"]).override(parse_overrides(args.set))
+    method = build_method(cfg, num_train_classes(cfg))
+    method.load_checkpoint_state(state["model"])
+    evaluator = build_evaluator(cfg, build_eval_dataset(cfg))
+    if evaluator is None:
+        raise ConfigError("eval.kind is 'none'; pass --set eval.kind=fewshot|top1")
+    res = evaluator(method, torch.device("cpu"))
+    print(json.dumps(res.metrics, indent=2))
+    return 0
+
+
+def cmd_report(args) -> int:
+    import mlflow
+
+    from kdray.runtime.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(args.tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(args.study)
+    if exp is None:
+        raise ConfigError(f"no MLflow experiment named {args.study!r}")
+    parents = client.search_runs([exp.experiment_id], f"tags.`kdray.study` = '{args.study}'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ConfigError(f"no study run for {args.study!r} in experiment {exp.experiment_id}")
+    path = client.download_artifacts(parents[0].info.run_id, f"results/{args.study}.md")
+    with open(path) as f:
+        print(f.read())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="kdray", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="one training run (Ray Train DDP, or --no-ray)")
+    t.add_argument("--method", default=None)
+    t.add_argument("--config", default=None, help="JSON config to start from")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--workers", type=int, default=None, help="DDP workers")
+    t.add_argument("--name", default=None)
+    t.add_argument("--address", default=None)
+    t.add_argument("--storage-path", default=None)
+    t.add_argument("--tracking-uri", default=None)
+    t.add_argument("--no-ray", action="store_true", help="single process, no Ray/MLflow")
+    t.add_argument("--out", default="runs/debug", help="checkpoint dir with --no-ray")
+    s = sub.add_parser("study", help="run studies/<name>.py (flags after the name go to it)")
+    s.add_argument("study", help="study name (e.g. kd_sweep) or path to a study script")
+    e = sub.add_parser("eval", help="evaluate a checkpoint (few-shot or top-1) on its eval split")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    r = sub.add_parser("report", help="print a study's results table from MLflow")
+    r.add_argument("study")
+    r.add_argument("--tracking-uri", default=None)
+    args, rest = p.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        if args.cmd == "study":
+            return cmd_study(args, rest)
+        if rest:
+            p.error(f"unrecognized arguments: {' '.join(rest)}")
+        return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[args.cmd](args)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Plain-PyTorch training engine (no Ray): one loop for every method."""

@@ -1,0 +1,59 @@
+"""Checkpoints: model, optimizer, scaler, RNG states and position, loadable with weights_only=True."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+CKPT_NAME = "checkpoint.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "python": _py_state_to_plain(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["gauss"]))
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _py_state_to_plain(s: tuple) -> list:
+    return [s[0], list(s[1]), s[2]]
+
+
+def save_checkpoint(state: dict[str, Any], directory: str) -> str:
+    """Write `state` atomically to `<directory>/checkpoint.pt`; returns the file path."""
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, CKPT_NAME)
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str) -> dict[str, Any]:
+    """Load a checkpoint file (or a directory holding checkpoint.pt) on CPU, weights only."""
+    if os.path.isdir(path):
+        path = os.path.join(path, CKPT_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)

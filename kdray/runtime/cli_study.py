@@ -1,0 +1,63 @@
+"""Shared command line of every `studies/*.py` script."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Callable
+
+from kdray.config import ConfigError, parse_overrides
+from kdray.runtime.study import Study
+
+
+def study_parser(description: str, presets: list[str]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--preset", default=presets[0], choices=presets)
+    p.add_argument("--address", default=None, help="Ray address (default: local Ray in-process)")
+    p.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per trial")
+    p.add_argument("--gpus-per-worker", type=float, default=None)
+    p.add_argument("--cpus-per-worker", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=None, help="searched trials")
+    p.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+                   help="comma-separated seeds for the ablation rows, e.g. 0,1,2")
+    p.add_argument("--data-root", default=None, help="where datasets are looked for")
+    p.add_argument("--tracking-uri", default=None, help="MLflow (default sqlite:///./mlflow.db)")
+    p.add_argument("--storage-path", default=None, help="Ray storage (default ./ray_results)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--no-search", action="store_true", help="run the ablation rows only")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key of every trial")
+    return p
+
+
+def main(build: Callable[[str], Study], description: str, presets: list[str],
+         argv: list[str] | None = None, before: Callable[[Study, argparse.Namespace], Study]
+         | None = None):
+    """Parse flags, build the preset's Study, apply overrides, run it."""
+    from dataclasses import replace
+
+    from kdray.runtime.tuner import run_study, with_resources
+
+    args = study_parser(description, presets).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        study = build(args.preset)
+        over = parse_overrides(args.set)
+        if args.data_root:
+            over["data.root"] = args.data_root
+        if over:
+            study = replace(study, base=study.base.override(over))
+        study = with_resources(study, workers_per_trial=args.workers_per_trial,
+                               gpus_per_worker=args.gpus_per_worker,
+                               cpus_per_worker=args.cpus_per_worker,
+                               num_samples=args.num_samples, seeds=args.seeds)
+        if args.no_search:
+            study = replace(study, space={})
+        if before is not None:
+            study = before(study, args)
+    except ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
+    return run_study(study, address=args.address, storage_path=args.storage_path,
+                     tracking_uri=args.tracking_uri, resume=args.resume,
+                     results_dir=args.results_dir, header={"preset": args.preset})

@@ -1,0 +1,59 @@
+"""Ray session handling and pre-flight checks shared by `fit` and `run_study`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from kdray.config import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+# ray.train.report blocks until the controller polls (2 s by default; pitfalls.md P2). We report
+# once per epoch, but short CPU epochs would still pay for it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+
+def preflight(cfg: ExperimentConfig) -> None:
+    """Every check that can fail before any Ray resource starts: data present, method settings
+    compatible (teacher checkpoints, phase hand-offs), backbone names known."""
+    from kdray.config import ConfigError
+    from kdray.data import check_data
+    from kdray.methods import METHODS
+    from kdray.modules.backbones import backbone_exists
+
+    check_data(cfg)
+    if not backbone_exists(cfg.model.arch):
+        raise ConfigError(f"model.arch: unknown backbone {cfg.model.arch!r} (kdray backbones or "
+                          "any timm.list_models() name)")
+    METHODS[cfg.method].preflight(cfg)
+
+
+def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
+    """Connect to `address`, or start a local instance in-process. Returns True if we started it.
+
+    The dashboard stays on: Train V2's placement-group cleanup needs the State API
+    (pitfalls.md P1), and `address="local"` never attaches to a stale cluster file (P7).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address in (None, "", "local"):
+        ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1",
+                 configure_logging=True, logging_level=logging.WARNING, **init_kwargs)
+    else:
+        ray.init(address=address, **init_kwargs)
+    return True
+
+
+def cluster_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    """How many trials fit at once on the connected cluster (at least 1)."""
+    import ray
+
+    res = ray.cluster_resources()
+    if gpus_per_trial > 0:
+        return max(1, int(res.get("GPU", 0) // gpus_per_trial))
+    if cpus_per_trial > 0:
+        return max(1, int(res.get("CPU", 1) // cpus_per_trial))
+    return 1
