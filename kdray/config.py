@@ -144,9 +144,9 @@ class EvalConfig:
     every: int = 1                   # epochs between evaluations (the last epoch always evaluates)
     ways: int = 5
     shots: tuple[int, ...] = (1, 5)
-    queries: int = 15                # per class; paper presets use 600 - K ("all")
+    queries: int = 15                # per class; 0 = all remaining images (SMKD protocol: 600 - K)
     episodes: int = 200
-    classifiers: tuple[str, ...] = ("proto",)   # proto | logreg
+    classifiers: tuple[str, ...] = ("proto",)   # proto | logreg | distlinear (SMKD's, slow)
     seed: int = 0                    # episode ids depend only on this: same episodes for every trial
     batch_size: int = 256
 
@@ -156,10 +156,10 @@ class EvalConfig:
         check_range("eval.ways", self.ways, 2)
         check(len(self.shots) > 0 and all(s >= 1 for s in self.shots), "eval.shots",
               f"needs one or more shot counts >= 1, got {self.shots}")
-        check_range("eval.queries", self.queries, 1)
+        check_range("eval.queries", self.queries, 0)
         check_range("eval.episodes", self.episodes, 1)
         for c in self.classifiers:
-            check_choice("eval.classifiers", c, ("proto", "logreg"))
+            check_choice("eval.classifiers", c, ("proto", "logreg", "distlinear"))
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,8 @@ def fit(method: Method, loader, cfg: ExperimentConfig, *, device: torch.device,
             window_n += 1
             if it % tcfg.log_every == 0:
                 _check_finite(dist.all_reduce_sum(bad.float()) > 0, out, step)
+                vals = _mean_over_ranks(window, window_n)  # a collective: every rank joins
                 if cb.on_log is not None:
-                    vals = _mean_over_ranks(window, window_n)
                     cb.on_log({**{f"train/{k}": v for k, v in vals.items()}, "train/lr": lr,
                                "train/wd": wd}, it)
                 window, window_n = {}, 0

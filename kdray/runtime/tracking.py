@@ -1,0 +1,377 @@
+"""MLflow tracking: experiments, the study parent run and one resumable child run per trial.
+
+Only `MlflowClient` with explicit experiment/run ids: the fluent API exports and reads
+`MLFLOW_EXPERIMENT_ID` (inherited by Ray workers) and puts nested runs in experiment 0 (pitfalls
+P5, D3). Runs are found again by tags so restarts append to them (D4): a study parent by
+`kdray.study`, a trial by `kdray.run_key` under its parent. Only rank 0 logs (D1); other ranks
+get a `NullTracker` or `TrialTracker(..., enabled=False)`, whose methods do nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
+
+from kdray.runtime import artifacts
+
+log = logging.getLogger(__name__)
+
+TAG_STUDY = "kdray.study"
+TAG_RUN_KEY = "kdray.run_key"
+TAG_ROLE = "kdray.role"  # "study" | "trial": keeps trial runs out of the parent lookup
+TAG_PARENT = "mlflow.parentRunId"
+TAG_GIT = "mlflow.source.git.commit"
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+_SQLITE = "sqlite:///"
+
+
+def default_tracking_uri() -> str:
+    """`$MLFLOW_TRACKING_URI`, else `sqlite:///<cwd>/mlflow.db`; sqlite paths made absolute.
+
+    Absolute paths matter because Ray workers run with other working directories.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or f"{_SQLITE}mlflow.db"
+    if uri.startswith(_SQLITE) and ":memory:" not in uri:
+        uri = _SQLITE + str(Path(uri[len(_SQLITE):]).expanduser().resolve())
+    return uri
+
+
+def default_artifact_location(tracking_uri: str) -> str | None:
+    """`file://<dir of the sqlite db>/mlartifacts` for sqlite stores, else None (store default).
+
+    Without it, sqlite experiments put artifacts in `./mlruns` of whichever process created them.
+    """
+    if not tracking_uri.startswith(_SQLITE) or ":memory:" in tracking_uri:
+        return None
+    db = Path(tracking_uri[len(_SQLITE):]).expanduser().resolve()
+    return (db.parent / "mlartifacts").as_uri()
+
+
+def get_or_create_experiment(client: MlflowClient, name: str,
+                             artifact_location: str | None = None) -> str:
+    """The id of experiment `name`, created (with `artifact_location`, default
+    `default_artifact_location`) or restored from deletion when needed."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = artifact_location or default_artifact_location(client.tracking_uri)
+        try:
+            return client.create_experiment(name, artifact_location=location)
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)  # another process created it first
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def resolve_experiment(client: MlflowClient, experiment: str,
+                       artifact_location: str | None = None) -> str:
+    """Experiment id for `experiment`, given as a name or as an existing id.
+
+    A name wins over an id with the same text; an unknown text is created as a name.
+    """
+    if client.get_experiment_by_name(experiment) is None and experiment.isdigit():
+        try:
+            return client.get_experiment(experiment).experiment_id
+        except MlflowException:
+            pass  # not an id either: create it by name below
+    return get_or_create_experiment(client, experiment, artifact_location)
+
+
+def _quote(value: str) -> str:
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise ValueError(f"tag value {value!r} holds both quote characters")
+
+
+def _find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], *,
+              running_only: bool = False, newest: bool = False) -> Run | None:
+    """The oldest (or newest) active run in the experiment carrying all `tags`."""
+    clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in tags.items()]
+    if running_only:
+        clauses.append("attributes.status = 'RUNNING'")
+    order = "DESC" if newest else "ASC"
+    runs = client.search_runs([experiment_id], filter_string=" and ".join(clauses),
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=10,
+                              order_by=[f"attributes.start_time {order}"])
+    if len(runs) > 1:
+        log.warning("%d runs match %s; using %s", len(runs), dict(tags), runs[0].info.run_id)
+    return runs[0] if runs else None
+
+
+def _reopen(client: MlflowClient, run: Run) -> None:
+    """Mark a reused run RUNNING again (a crash or an earlier end left it terminal)."""
+    if run.info.status != "RUNNING":
+        client.update_run(run.info.run_id, status="RUNNING")
+
+
+def _param_value(key: str, value: Any) -> str:
+    """MLflow param text: lists/tuples/dicts as JSON, capped at MLflow's length limit."""
+    if isinstance(value, (list, tuple)):
+        text = json.dumps(list(value), default=str)
+    elif isinstance(value, Mapping):
+        text = json.dumps(value, sort_keys=True, default=str)
+    else:
+        text = str(value)
+    if len(text) > MAX_PARAM_VAL_LENGTH:
+        log.warning("param %s has %d chars; truncated to %d", key, len(text), MAX_PARAM_VAL_LENGTH)
+        text = text[: MAX_PARAM_VAL_LENGTH - 3] + "..."
+    return text
+
+
+def _as_float(value: Any) -> float | None:
+    """A finite float from numbers, numpy scalars or 0-dim tensors; None otherwise."""
+    if value is None or isinstance(value, (str, bytes)):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+    return (items[i : i + size] for i in range(0, len(items), size))
+
+
+class RunLogger:
+    """Logging bound to one MLflow run; every method is a no-op when `run_id` is None."""
+
+    def __init__(self, client: MlflowClient | None = None, run_id: str | None = None) -> None:
+        self._client = client
+        self._run_id = run_id
+        self._params: dict[str, str] | None = None  # what the run already holds (lazy)
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id
+
+    @property
+    def enabled(self) -> bool:
+        return self._run_id is not None
+
+    def log_params(self, flat: Mapping[str, Any]) -> int:
+        """Log flattened params, skipping keys the run already holds; return how many were new.
+
+        A key re-logged with the same value (a resumed run) is skipped; one with a different value
+        is skipped with a warning, because MLflow params are immutable.
+        """
+        if not self.enabled:
+            return 0
+        if self._params is None:
+            self._params = dict(self._client.get_run(self._run_id).data.params)
+        new = []
+        for key, value in flat.items():
+            text, old = _param_value(key, value), self._params.get(key)
+            if old is None:
+                new.append(Param(key, text))
+            elif old != text:
+                log.warning("param %s is %r in run %s; not changing it to %r",
+                            key, old, self._run_id, text)
+        for chunk in _chunks(new, MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, params=chunk)
+            self._params.update({p.key: p.value for p in chunk})
+        return len(new)
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set (or overwrite) one run tag."""
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        """Set (or overwrite) run tags; values are stringified like params."""
+        if not self.enabled:
+            return
+        items = [RunTag(k, _param_value(k, v)) for k, v in tags.items()]
+        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+            self._client.log_batch(self._run_id, tags=chunk)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> int:
+        """Log finite numeric metrics at `step` with `log_batch`; return how many were logged."""
+        if not self.enabled:
+            return 0
+        stamp = int(time.time() * 1000)
+        batch = []
+        for key, value in metrics.items():
+            x = _as_float(value)
+            if x is None:
+                log.warning("metric %s=%r at step %d is not a finite number; skipped",
+                            key, value, step)
+            else:
+                batch.append(Metric(key, x, stamp, int(step)))
+        for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
+            self._client.log_batch(self._run_id, metrics=chunk)
+        return len(batch)
+
+    def log_file(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """Upload one local file into the run's artifact directory `artifact_path`."""
+        if self.enabled:
+            self._client.log_artifact(self._run_id, str(path), artifact_path)
+
+    def log_dir(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        """Upload the contents of `local_dir` into the artifact directory `artifact_path`."""
+        if self.enabled:
+            self._client.log_artifacts(self._run_id, str(local_dir), artifact_path)
+
+    def _log_written(self, artifact_file: str, write) -> Any:
+        """Call `write(local_path)` in a temp dir and upload the file as `artifact_file`."""
+        dirname, _, name = artifact_file.rpartition("/")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = write(Path(tmp) / name)
+            self.log_file(Path(tmp) / name, dirname or None)
+        return out
+
+    def log_dict_json(self, obj: Any, artifact_path: str) -> None:
+        """Write `obj` as JSON to the artifact file `artifact_path` (e.g. `config.json`)."""
+        if self.enabled:
+            self._log_written(artifact_path, lambda p: artifacts.write_json(obj, p))
+
+    def log_eval(self, result_records: Mapping[str, list[dict]], summary: Mapping[str, Any],
+                 epoch: int) -> dict | None:
+        """Log `episodes.parquet` and `summary.json` to `eval/` (latest) and `eval/epoch_XXX/`.
+
+        `result_records` is `{group: [episode record, ...]}` (see `kdray.runtime.artifacts`);
+        `summary` (the evaluator's own numbers) is kept as `reported` in `summary.json`.
+        Returns the summary written, or None when disabled.
+        """
+        if not self.enabled:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            artifacts.write_episodes_parquet(result_records, Path(tmp) / "episodes.parquet",
+                                             epoch=epoch)
+            written = artifacts.write_summary_json(result_records, Path(tmp) / "summary.json",
+                                                   epoch=epoch, reported=summary)
+            self.log_dir(tmp, "eval")  # latest, overwritten each evaluation
+            self.log_dir(tmp, f"eval/epoch_{int(epoch):03d}")
+        return written
+
+    def log_curves(self, history: list[dict], artifact_path: str = "plots/curves.png") -> None:
+        """PNG of every `train/*` and `val/*` metric in `history` (one dict per epoch)."""
+        if self.enabled:
+            self._log_written(artifact_path, lambda p: artifacts.plot_curves(history, p))
+
+    def log_episode_hist(self, records: Mapping[str, list[dict]] | Iterable[dict],
+                         artifact_path: str = "plots/episode_hist.png") -> None:
+        """PNG histogram of episode accuracy per (way, shot, classifier)."""
+        if self.enabled:
+            self._log_written(artifact_path, lambda p: artifacts.plot_episode_hist(records, p))
+
+    def log_environment(self, extra: Mapping[str, Any] | None = None) -> dict | None:
+        """Log `environment.json` (versions, git SHA, host, devices, `extra`); tag the git SHA."""
+        if not self.enabled:
+            return None
+        info = artifacts.environment_info(extra)
+        self.log_dict_json(info, "environment.json")
+        if info["git_sha"]:
+            self.set_tags({TAG_GIT: info["git_sha"]})
+        return info
+
+    def set_terminated(self, status: str = "FINISHED") -> None:
+        """End the run with status FINISHED, FAILED or KILLED."""
+        if status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        if self.enabled:
+            self._client.set_terminated(self._run_id, status)
+
+
+class NullTracker(RunLogger):
+    """The tracker of ranks != 0: same methods, logs nothing, `run_id` is None."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None)
+
+
+class TrialTracker(RunLogger):
+    """Child run of one trial, found again by (`parent_run_id`, `run_key`) so restarts append.
+
+    Args:
+        tracking_uri: store URI (`default_tracking_uri()` on the driver, passed down).
+        experiment_id: explicit experiment id (never taken from the environment).
+        parent_run_id: study run id (tag `mlflow.parentRunId`); None for a top-level run.
+        run_key: stable across restarts, e.g. the Tune trial id or `<study>/<trial-name>`.
+        run_name: display name (tag `mlflow.runName`) of a newly created run.
+        enabled: False gives a no-op tracker (ranks != 0). `tags`: extra tags to set.
+    """
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str | None = None, *,
+                 run_key: str, run_name: str, enabled: bool = True,
+                 tags: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.resumed = False
+        if not enabled:
+            return
+        client = MlflowClient(tracking_uri)
+        key_tags = {TAG_RUN_KEY: run_key, TAG_ROLE: "trial"}
+        if parent_run_id:
+            key_tags[TAG_PARENT] = parent_run_id
+        run = _find_run(client, experiment_id, key_tags)
+        if run is None:
+            run = client.create_run(experiment_id, tags=key_tags, run_name=run_name)
+        else:
+            self.resumed = True
+            _reopen(client, run)
+        self._client, self._run_id = client, run.info.run_id
+        if tags:
+            self.set_tags(tags)
+
+
+class StudyRun(RunLogger):
+    """Parent run of a study, reused while unfinished (or always with `resume=True`).
+
+    Args:
+        tracking_uri: store URI. experiment: name (created when missing) or id.
+        study_name: stable study identity, stored in tag `kdray.study`.
+        params, tags: flattened study-level params (e.g. the base config) and extra tags.
+        resume: reuse the newest parent with this study name even if it already ended.
+        artifact_location: used only when the experiment is created.
+    """
+
+    def __init__(self, tracking_uri: str, experiment: str, study_name: str, *,
+                 params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                 resume: bool = False, artifact_location: str | None = None) -> None:
+        client = MlflowClient(tracking_uri)
+        self.experiment_id = resolve_experiment(client, str(experiment), artifact_location)
+        key_tags = {TAG_ROLE: "study", TAG_STUDY: study_name}
+        run = _find_run(client, self.experiment_id, key_tags, running_only=not resume,
+                        newest=True)
+        self.resumed = run is not None
+        if run is None:
+            run = client.create_run(self.experiment_id, tags=key_tags, run_name=study_name)
+        else:
+            _reopen(client, run)
+        super().__init__(client, run.info.run_id)
+        if tags:
+            self.set_tags(tags)
+        if params:
+            self.log_params(params)
+
+
+def start_study_run(tracking_uri: str, experiment: str, study_name: str,
+                    params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                    resume: bool = False) -> str:
+    """Start or find the parent run of `study_name` in `experiment` (name or id); return its id."""
+    run = StudyRun(tracking_uri, experiment, study_name, params=params, tags=tags, resume=resume)
+    return run.run_id
+
+
+def terminate_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """End a run by id (e.g. the study parent from `start_study_run`)."""
+    RunLogger(MlflowClient(tracking_uri), run_id).set_terminated(status)
