@@ -23,6 +23,9 @@ def preflight(cfg: ExperimentConfig) -> None:
     from kdray.modules.backbones import backbone_exists
 
     check_data(cfg)
+    if cfg.train.init_from and not os.path.isfile(cfg.train.init_from) and not os.path.isfile(
+            os.path.join(cfg.train.init_from, "checkpoint.pt")):
+        raise ConfigError(f"train.init_from: no checkpoint at {cfg.train.init_from!r}")
     if not backbone_exists(cfg.model.arch):
         raise ConfigError(f"model.arch: unknown backbone {cfg.model.arch!r} (kdray backbones or "
                           "any timm.list_models() name)")

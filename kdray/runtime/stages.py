@@ -1,0 +1,52 @@
+"""Pipeline stages that later trials depend on (a teacher, a phase-1 model): run once, reuse.
+
+A stage is one `fit` with a stable run name; its final checkpoint path and metrics are recorded in
+`<storage>/stages/<name>.json`, so re-running a study (or `--resume`) reuses a finished stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+from kdray.config import ExperimentConfig
+from kdray.engine.checkpoint import CKPT_NAME
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    checkpoint: str          # path of checkpoint.pt
+    metrics: dict[str, float]
+    mlflow_run_id: str | None
+    reused: bool
+
+
+def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = None,
+              tracking_uri: str | None = None, experiment: str = "kdray",
+              address: str | None = None, parent_run_id: str | None = None) -> StageResult:
+    """Train `cfg` as stage `name` unless a finished record of the same config exists."""
+    from kdray.runtime.fit import fit
+
+    storage_path = os.path.abspath(storage_path or "ray_results")
+    record = os.path.join(storage_path, "stages", f"{name}.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            rec = json.load(f)
+        if rec.get("config") == cfg.to_dict() and os.path.isfile(rec["checkpoint"]):
+            log.info("stage %s: reusing %s", name, rec["checkpoint"])
+            print(f"[kdray] stage {name}: reusing finished checkpoint {rec['checkpoint']}")
+            return StageResult(rec["checkpoint"], rec["metrics"], rec.get("mlflow_run_id"), True)
+    print(f"[kdray] stage {name}: training {cfg.method} {cfg.model.arch} on {cfg.data.dataset} "
+          f"for {cfg.train.epochs} epochs")
+    res = fit(cfg, run_name=name, storage_path=storage_path, tracking_uri=tracking_uri,
+              experiment=experiment, address=address, parent_run_id=parent_run_id)
+    ckpt = os.path.join(res.checkpoint_path, CKPT_NAME)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    with open(record, "w") as f:
+        json.dump({"checkpoint": ckpt, "metrics": res.metrics, "config": cfg.to_dict(),
+                   "mlflow_run_id": res.mlflow_run_id}, f, indent=2)
+    return StageResult(ckpt, res.metrics, res.mlflow_run_id, False)

@@ -1,0 +1,49 @@
+"""Hinton KD baseline: teacher stage, CE vs KD rows, then a TPE search over tau and the KD weight.
+
+    python studies/kd_sweep.py --preset smoke      # generated few-shot data, CPU, a few minutes
+"""
+
+from dataclasses import replace
+
+from kdray.config import ExperimentConfig
+from kdray.runtime.cli_study import main
+from kdray.runtime.stages import run_stage
+from kdray.runtime.study import Row, Study
+from kdray.search import Float
+
+PRESETS = {
+    "smoke": {"data.dataset": "synthetic_fs", "data.image_size": 32, "data.batch_size": 64,
+              "model.arch": "conv4", "model.teacher_arch": "conv4_wide", "train.epochs": 3,
+              "train.steps_per_epoch": 25, "optim.lr": 2e-3, "eval.kind": "fewshot",
+              "eval.shots": "1,5", "eval.episodes": 200, "eval.queries": 15},
+    "cifar10": {"data.dataset": "cifar10", "data.image_size": 32, "data.batch_size": 128,
+                "model.arch": "conv4", "model.teacher_arch": "conv4_wide", "train.epochs": 30,
+                "optim.name": "sgd", "optim.lr": 0.05, "optim.weight_decay": 5e-4,
+                "eval.kind": "top1", "eval.split": "test"},
+}
+
+
+def build(preset: str) -> Study:
+    base = ExperimentConfig(method="kd", name="kd_sweep").override(PRESETS[preset])
+    return Study(
+        name=f"kd_sweep_{preset}", base=base,
+        metric="val/acc_5w1s" if base.eval.kind == "fewshot" else "val/top1", mode="max",
+        rows=(Row("CE student", {"method": "ce"}), Row("KD tau=4", {})),
+        space={"method_cfg.tau": Float(1.0, 8.0), "method_cfg.w_kd": Float(0.1, 2.0)},
+        num_samples=4, grace_period=1,
+        columns=(("5w1s", "val/acc_5w1s"), ("5w5s", "val/acc_5w5s"))
+        if base.eval.kind == "fewshot" else (("top-1", "val/top1"),),
+        description="Hinton KD (tau, w_kd searched) against the CE-trained student.")
+
+
+def with_teacher(study: Study, args) -> Study:
+    teacher_cfg = study.base.override({"method": "ce", "model.arch": study.base.model.teacher_arch,
+                                       "name": f"{study.name}-teacher"})
+    stage = run_stage(teacher_cfg, f"{study.name}-teacher", storage_path=args.storage_path,
+                      tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)
+    print(f"[kdray] teacher metrics: { {k: round(v, 2) for k, v in stage.metrics.items()} }")
+    return replace(study, base=study.base.override({"model.teacher_ckpt": stage.checkpoint}))
+
+
+if __name__ == "__main__":
+    main(build, __doc__, list(PRESETS), before=with_teacher)

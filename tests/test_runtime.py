@@ -1,0 +1,159 @@
+"""Runtime: Ray Train fit (DDP, fault tolerance, MLflow record), studies (failing trial, resume),
+and every bad input rejected before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kdray.config import ConfigError, ExperimentConfig
+from kdray.data import DataNotFoundError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_cfg(root: str, **over) -> ExperimentConfig:
+    base = {"method": "ce", "data.root": root, "model.arch": "conv2", "data.batch_size": 32,
+            "train.epochs": 3, "train.steps_per_epoch": 5, "eval.shots": "1",
+            "eval.episodes": 30, "data.synthetic_classes": 30, "data.synthetic_per_class": 20,
+            "train.log_every": 2}
+    base.update(over)
+    return ExperimentConfig().override(base)
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Fail loudly if anything tries to start or connect to Ray."""
+    import kdray.runtime.session as session
+
+    def boom(*a, **k):
+        raise AssertionError("Ray was started before the bad input was rejected")
+
+    monkeypatch.setattr(session, "ensure_ray", boom)
+
+
+def test_bad_inputs_fail_before_ray(no_ray, tmp_path, synth_root):
+    from kdray.runtime.fit import fit
+    from kdray.runtime.study import Row, Study
+    from kdray.runtime.tuner import run_study
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    with pytest.raises(DataNotFoundError) as e:
+        fit(small_cfg(str(tmp_path / "nowhere"), **{"data.dataset": "cifar10"}), tracking_uri=uri)
+    assert str(tmp_path / "nowhere") in str(e.value) and "download" in str(e.value)
+    with pytest.raises(ConfigError, match="teacher_ckpt"):
+        fit(small_cfg(synth_root, method="kd"), tracking_uri=uri)
+    bad = tmp_path / "teacher.pt"
+    torch.save({"head.weight": torch.zeros(3, 3)}, bad)
+    with pytest.raises(ConfigError, match="does not fit"):
+        fit(small_cfg(synth_root, method="kd", **{"model.teacher_ckpt": str(bad)}), tracking_uri=uri)
+    with pytest.raises(ConfigError, match="model.arch"):
+        fit(small_cfg(synth_root, **{"model.arch": "resnet_9000"}), tracking_uri=uri)
+    with pytest.raises(ConfigError, match="init_from"):
+        fit(small_cfg(synth_root, **{"train.init_from": str(tmp_path / "p1.pt")}), tracking_uri=uri)
+    study = Study(name="bad", base=small_cfg(synth_root), metric="val/acc_5w1s",
+                  rows=(Row("ok", {}), Row("typo", {"optim.lrate": 1.0})))
+    with pytest.raises(ConfigError, match="lrate"):
+        run_study(study, tracking_uri=uri)
+    with pytest.raises(ConfigError, match="out of range"):
+        run_study(Study(name="bad2", base=small_cfg(synth_root), metric="m",
+                        rows=(Row("w", {"method_cfg.label_smoothing": 2.0}),)), tracking_uri=uri)
+
+
+@pytest.mark.slow
+def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_root):
+    """2-worker gloo DDP run; a run whose worker is SIGKILLed mid-run finishes with the same
+    final metrics; the MLflow run holds params, per-epoch metrics and every artifact."""
+    import mlflow
+
+    from kdray.runtime.fit import fit
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = str(tmp_path / "ray")
+    cfg = small_cfg(synth_root, **{"resources.num_workers": 2})
+    clean = fit(cfg, run_name="clean", storage_path=store, tracking_uri=uri)
+    faulty = fit(cfg, run_name="faulty", storage_path=store, tracking_uri=uri,
+                 fault={"epoch": 2, "rank": 1, "marker": str(tmp_path / "killed")})
+    assert (tmp_path / "killed").exists(), "the fault was not injected"
+    assert clean.metrics["epoch"] == faulty.metrics["epoch"] == 3
+    for k in ("train/loss", "val/acc_5w1s", "val/acc_5w1s_ci95"):
+        assert faulty.metrics[k] == pytest.approx(clean.metrics[k], rel=1e-5, abs=1e-6), k
+
+    client = mlflow.MlflowClient(uri)
+    run = client.get_run(clean.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["model.arch"] == "conv2" and run.data.params["resources.num_workers"] == "2"
+    hist = client.get_metric_history(run.info.run_id, "val/acc_5w1s")
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert hist[-1].value == pytest.approx(clean.metrics["val/acc_5w1s"])
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3 + 3  # steps + epochs
+    local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
+    names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
+    for need in ("config.json", "environment.json", "eval/episodes.parquet", "eval/summary.json",
+                 "plots/curves.png", "checkpoint/checkpoint.pt"):
+        assert need in names, (need, sorted(names))
+    rows = pd.read_parquet(local / "eval/episodes.parquet")
+    assert len(rows) == 30 and set(rows["way"]) == {5} and set(rows["shot"]) == {1}
+    assert rows["accuracy"].mean() * 100 == pytest.approx(clean.metrics["val/acc_5w1s"], rel=1e-6)
+    assert json.loads((local / "environment.json").read_text())["world_size"] == 2
+    assert ExperimentConfig.from_dict(json.loads((local / "config.json").read_text())) == cfg
+    assert (local / "plots/curves.png").read_bytes()[:4] == b"\x89PNG"
+    ckpt = torch.load(local / "checkpoint/checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 3 and "student" in ckpt["model"]
+
+
+@pytest.mark.slow
+def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
+    """A diverging trial fails alone; SIGINT mid-study then --resume re-runs no finished trial."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    args = [sys.executable, str(REPO / "tests" / "study_script.py"), synth_root,
+            "--tracking-uri", uri, "--storage-path", str(tmp_path / "ray"),
+            "--results-dir", str(tmp_path / "results")]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    client = mlflow.MlflowClient(uri)
+    deadline = time.time() + 300
+    finished = []
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(2)
+        try:
+            finished = client.search_runs(
+                [e.experiment_id for e in client.search_experiments()],
+                "tags.`kdray.status` = 'finished'")
+        except Exception:
+            finished = []
+        if finished:
+            break
+    assert finished, "no trial finished within 300 s"
+    proc.send_signal(signal.SIGINT)
+    out1, _ = proc.communicate(timeout=180)
+    first = {r.data.tags["kdray.run_key"]: r.info.run_id for r in finished}
+
+    res = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], "tags.`kdray.role` = 'trial'")
+    by_label = {r.data.tags["mlflow.runName"].split("-")[0]: r for r in runs}
+    assert set(by_label) == {"a", "b", "diverges", "c"}, sorted(by_label)
+    assert by_label["diverges"].info.status == "FAILED"
+    for label in ("a", "b", "c"):
+        assert by_label[label].info.status == "FINISHED", label
+    for key, run_id in first.items():  # finished before the interrupt: never trained again
+        epochs = client.get_metric_history(run_id, "epoch")
+        assert [m.step for m in epochs] == [1, 2], (key, [m.step for m in epochs])
+    table = (tmp_path / "results" / "tiny.md").read_text()
+    assert "| diverges |" in table and "error" in table
+    assert table.count("finished") == 3, table
