@@ -1,0 +1,116 @@
+"""Image transforms: eval, "none", "basic" and DINO/iBOT multi-crop ("multicrop").
+
+Inputs are PIL images (RGB); outputs are normalised float tensors (3, H, W). Train transforms
+return a list of views. All randomness comes from torch's global generator, which the training
+dataset reseeds per sample (``kdray.data.loader``), so augmentations are reproducible.
+
+Multi-crop follows methods.md §1.3 (DINO/iBOT/SMKD): colour jitter (0.4, 0.4, 0.2, 0.1) with
+p=0.8, grayscale p=0.2, flips; global view 1 blur p=1.0, global view 2 blur p=0.1 + solarize
+p=0.2 (further global views alternate), local views blur p=0.5. Blur sigma (0.1, 2.0) is given for
+224-px crops; it is scaled by crop_size / 224, but never below a quarter of it (so a 32-px crop
+still blurs with sigma up to 0.5 px).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from kdray.config import DataConfig
+    from kdray.data.base import DatasetSpec
+
+_BICUBIC = v2.InterpolationMode.BICUBIC
+
+
+def _finish(spec: DatasetSpec) -> list:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std),
+            v2.ToPureTensor()]
+
+
+def eval_transform(cfg: DataConfig, spec: DatasetSpec, crop: float | None = None
+                   ) -> Callable[[Image.Image], Tensor]:
+    """Resize the short side to image_size / crop (default spec.eval_crop), centre-crop
+    image_size, normalise."""
+    size = cfg.image_size
+    short = int(round(size / (spec.eval_crop if crop is None else crop)))
+    return v2.Compose([v2.ToImage(), v2.Resize(short, antialias=True), v2.CenterCrop(size),
+                       *_finish(spec)])
+
+
+def _blur(size: int, p: float) -> v2.Transform:
+    scale = max(size / 224, 0.25)
+    sigma = (0.1 * scale, 2.0 * scale)
+    kernel = 2 * math.ceil(3 * sigma[1]) + 1
+    return v2.RandomApply([v2.GaussianBlur(kernel, sigma)], p=p)
+
+
+def _colour(spec: DatasetSpec, size: int, blur: float, solarize: float = 0.0) -> list:
+    ops = [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+           v2.RandomGrayscale(p=0.2)]
+    if blur > 0:
+        ops.append(_blur(size, blur))
+    if solarize > 0:
+        ops.append(v2.RandomSolarize(threshold=128, p=solarize))  # uint8 images
+    return ops
+
+
+def _flip(spec: DatasetSpec) -> list:
+    return [v2.RandomHorizontalFlip()] if spec.flip else []
+
+
+def basic_transform(cfg: DataConfig, spec: DatasetSpec) -> Callable[[Image.Image], Tensor]:
+    """Pad-and-crop + flip for 32-px data; random-resized crop (scale data.global_scale) + flip
+    otherwise."""
+    size = cfg.image_size
+    if spec.native_size <= 32:
+        crop = [v2.Resize(size, antialias=True), v2.RandomCrop(size, padding=size // 8)]
+    else:
+        crop = [v2.RandomResizedCrop(size, scale=cfg.global_scale, interpolation=_BICUBIC,
+                                     antialias=True)]
+    return v2.Compose([v2.ToImage(), *crop, *_flip(spec), *_finish(spec)])
+
+
+class MultiCrop:
+    """`global_crops` views at image_size, then `local_crops` views at local_size."""
+
+    def __init__(self, cfg: DataConfig, spec: DatasetSpec) -> None:
+        def crop(size: int, scale: tuple[float, float], colour: list) -> v2.Compose:
+            rrc = v2.RandomResizedCrop(size, scale=scale, interpolation=_BICUBIC, antialias=True)
+            return v2.Compose([v2.ToImage(), rrc, *_flip(spec), *colour, *_finish(spec)])
+
+        g, loc = cfg.image_size, cfg.local_size
+        first = crop(g, cfg.global_scale, _colour(spec, g, blur=1.0))
+        second = crop(g, cfg.global_scale, _colour(spec, g, blur=0.1, solarize=0.2))
+        self.globals = [first if i % 2 == 0 else second for i in range(cfg.global_crops)]
+        self.local = crop(loc, cfg.local_scale, _colour(spec, loc, blur=0.5))
+        self.local_crops = cfg.local_crops
+
+    def __call__(self, img: Image.Image) -> list[Tensor]:
+        views = [t(img) for t in self.globals]
+        return views + [self.local(img) for _ in range(self.local_crops)]
+
+
+def train_transform(cfg: DataConfig, spec: DatasetSpec) -> Callable[[Image.Image], list[Tensor]]:
+    """The data.augment pipeline; always returns a list of views (one unless multicrop)."""
+    if cfg.augment == "multicrop":
+        return MultiCrop(cfg, spec)
+    if cfg.augment == "none":  # resize + centre-crop to image_size, normalise
+        return _Listed(eval_transform(cfg, spec, crop=1.0))
+    return _Listed(basic_transform(cfg, spec))
+
+
+class _Listed:
+    """Wraps a single-view transform so it returns [view] (picklable, unlike a lambda)."""
+
+    def __init__(self, transform: Callable[[Image.Image], Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, img: Image.Image) -> list[Tensor]:
+        return [self.transform(img)]
