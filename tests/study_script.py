@@ -16,7 +16,7 @@ def build(preset: str) -> Study:
         "data.synthetic_classes": 30, "data.synthetic_per_class": 20})
     return Study(name="tiny", base=base, metric="val/acc_5w1s",
                  rows=(Row("a", {}), Row("b", {"optim.lr": 3e-3}),
-                       Row("diverges", {"optim.lr": 1e30}), Row("c", {"optim.lr": 1e-4})),
+                       Row("oversized", {"data.batch_size": 1024}), Row("c", {"optim.lr": 1e-4})),
                  columns=(("5w1s", "val/acc_5w1s"),), search="grid")
 
 

@@ -113,7 +113,7 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
 
 @pytest.mark.slow
 def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
-    """A diverging trial fails alone; SIGINT mid-study then --resume re-runs no finished trial."""
+    """A trial that fails at run time (batch larger than the data) fails alone; SIGINT mid-study then --resume re-runs no finished trial."""
     import mlflow
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -147,13 +147,13 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], "tags.`kdray.role` = 'trial'")
     by_label = {r.data.tags["mlflow.runName"].split("-")[0]: r for r in runs}
-    assert set(by_label) == {"a", "b", "diverges", "c"}, sorted(by_label)
-    assert by_label["diverges"].info.status == "FAILED"
+    assert set(by_label) == {"a", "b", "oversized", "c"}, sorted(by_label)
+    assert by_label["oversized"].info.status == "FAILED"
     for label in ("a", "b", "c"):
         assert by_label[label].info.status == "FINISHED", label
     for key, run_id in first.items():  # finished before the interrupt: never trained again
         epochs = client.get_metric_history(run_id, "epoch")
         assert [m.step for m in epochs] == [1, 2], (key, [m.step for m in epochs])
     table = (tmp_path / "results" / "tiny.md").read_text()
-    assert "| diverges |" in table and "error" in table
+    assert "| oversized |" in table and "error" in table
     assert table.count("finished") == 3, table

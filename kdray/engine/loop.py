@@ -185,10 +185,12 @@ def fit(method: Method, loader, cfg: ExperimentConfig, *, device: torch.device,
             records = result.records
         history.append(dict(metrics))
 
-        def make_state(epoch=epoch, it=it, history=list(history)) -> dict[str, Any]:
+        snapshot = list(history)
+
+        def make_state(epoch=epoch, it=it, snapshot=snapshot) -> dict[str, Any]:
             return {"model": method.checkpoint_state(), "optimizer": opt.state_dict(),
                     "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                    "it": it, "history": history, "config": cfg.to_dict()}
+                    "it": it, "history": snapshot, "config": cfg.to_dict()}
 
         log.info("epoch %d/%d %s", epoch + 1, tcfg.epochs,
                  " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))

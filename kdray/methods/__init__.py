@@ -5,10 +5,12 @@ from __future__ import annotations
 from kdray.methods.base import Method
 from kdray.methods.ce import CE
 from kdray.methods.kd import KD
+from kdray.methods.smkd import SMKD
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
     "kd": KD,
+    "smkd": SMKD,
 }
 
 

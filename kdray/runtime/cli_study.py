@@ -56,8 +56,8 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
             study = replace(study, space={})
         if before is not None:
             study = before(study, args)
-    except ConfigError as e:
+        return run_study(study, address=args.address, storage_path=args.storage_path,
+                         tracking_uri=args.tracking_uri, resume=args.resume,
+                         results_dir=args.results_dir, header={"preset": args.preset})
+    except (ConfigError, FileNotFoundError) as e:  # bad input: say what, no traceback
         raise SystemExit(f"error: {e}") from None
-    return run_study(study, address=args.address, storage_path=args.storage_path,
-                     tracking_uri=args.tracking_uri, resume=args.resume,
-                     results_dir=args.results_dir, header={"preset": args.preset})

@@ -78,9 +78,10 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     """
     import mlflow
 
-    from kdray.runtime.session import ensure_ray, preflight
+    from kdray.runtime.session import ensure_ray, preflight, resolve_paths
     from kdray.runtime.tracking import default_tracking_uri, get_or_create_experiment
 
+    cfg = resolve_paths(cfg)  # workers may run in another directory
     preflight(cfg)  # before any Ray resource starts
     run_name = run_name or cfg.name
     storage_path = os.path.abspath(storage_path or "ray_results") if "://" not in (

@@ -32,6 +32,17 @@ def preflight(cfg: ExperimentConfig) -> None:
     METHODS[cfg.method].preflight(cfg)
 
 
+def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Make local paths absolute: Ray workers do not share the driver's working directory."""
+    over = {}
+    for key in ("data.root", "model.teacher_ckpt", "train.init_from"):
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if v and "://" not in v and not os.path.isabs(v):
+            over[key] = os.path.abspath(v)
+    return cfg.override(over) if over else cfg
+
+
 def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     """Connect to `address`, or start a local instance in-process. Returns True if we started it.
 

@@ -51,7 +51,7 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
         ctx = tune.get_context()
         cfg = study.trial_config(params)
         name = ctx.get_trial_name()
-        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}")
+        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}", run_name=name)
         make_trainer(cfg, run_name=f"{study.name}-{phase}-{ctx.get_trial_id()}",
                      storage_path=storage_path, tracking=tr, in_tune=True).fit()
         log.info("trial %s finished", name)
@@ -146,10 +146,14 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     """
     import mlflow
 
-    from kdray.runtime.session import ensure_ray, preflight
+    from kdray.runtime.session import ensure_ray, preflight, resolve_paths
     from kdray.runtime.tracking import (
-        default_tracking_uri, get_or_create_experiment, start_study_run)
+        default_tracking_uri,
+        get_or_create_experiment,
+        start_study_run,
+    )
 
+    study = replace(study, base=resolve_paths(study.base))
     configs = study.validate()
     seen = set()
     for c in configs:

@@ -49,7 +49,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     tr = config.get("tracking") or {}
     tracker = TrialTracker(tr.get("uri"), tr.get("experiment_id"), tr.get("parent_run_id"),
                            run_key=tr.get("run_key", config.get("run_name", "run")),
-                           run_name=config.get("run_name", "run"),
+                           run_name=tr.get("run_name") or config.get("run_name", "run"),
                            enabled=rank == 0 and bool(tr.get("uri")))
     resume = None
     ckpt = ray.train.get_checkpoint()
@@ -66,6 +66,18 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     history: list[dict] = list(resume.get("history", [])) if resume else []
     last_ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
 
+    def finish(e: EpochEnd) -> None:
+        """Everything final is recorded before the last report: once Tune has seen the last
+        epoch it may stop this process at any moment (ASHA, end of study, Ctrl-C)."""
+        tracker.log_curves(history)
+        storage = str(config.get("storage_path") or "")
+        if "://" in storage and not storage.startswith("file://"):
+            tracker.set_tag("kdray.checkpoint_uri", f"{storage}/{config.get('run_name')}")
+        else:
+            tracker.log_file(os.path.join(last_ckpt_dir, CKPT_NAME), "checkpoint")
+        tracker.set_tag("kdray.status", "finished")
+        tracker.set_terminated("FINISHED")
+
     def on_epoch_end(e: EpochEnd) -> None:
         history.append(e.metrics)
         checkpoint = None
@@ -76,6 +88,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                                              if k.startswith("val/")}, e.epoch + 1)
             save_checkpoint(e.make_state(), last_ckpt_dir)
             checkpoint = ray.train.Checkpoint.from_directory(last_ckpt_dir)
+            if e.is_last:
+                finish(e)
         # every rank reports exactly once per epoch (Ray's report is a barrier)
         ray.train.report({k: v for k, v in e.metrics.items()}, checkpoint=checkpoint)
 
@@ -83,17 +97,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                           on_epoch_start=lambda ep: _maybe_inject_fault(fault, ep, rank))
     try:
         result = train(cfg, callbacks=callbacks, resume=resume, device=_device(cfg))
+    except KeyboardInterrupt:
+        tracker.set_tag("kdray.status", "interrupted")
+        tracker.set_terminated("KILLED")
+        raise
     except BaseException:
         tracker.set_tag("kdray.status", "failed")
         tracker.set_terminated("FAILED")
         raise
-    if rank == 0:
-        tracker.log_curves(history)
-        storage = str(config.get("storage_path") or "")
-        if "://" in storage and not storage.startswith("file://"):
-            tracker.set_tag("kdray.checkpoint_uri", f"{storage}/{config.get('run_name')}")
-        else:
-            tracker.log_file(os.path.join(last_ckpt_dir, CKPT_NAME), "checkpoint")
-        tracker.set_tag("kdray.status", "finished")
-        tracker.set_terminated("FINISHED")
     return {"metrics": result.metrics, "mlflow_run_id": tracker.run_id, "history": result.history}
