@@ -157,3 +157,22 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
     table = (tmp_path / "results" / "tiny.md").read_text()
     assert "| oversized |" in table and "error" in table
     assert table.count("finished") == 3, table
+
+
+@pytest.mark.slow
+def test_two_raylet_cluster_runs_a_two_worker_fit(tmp_path, synth_root):
+    """A 2-node Ray cluster on this machine (own process: one Ray connection per process) runs a
+    2-worker DDP fit with one worker on each node."""
+    import mlflow
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, str(REPO / "tests" / "two_node_fit.py"), synth_root,
+                          str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["metrics"]["epoch"] == 2 and len(out["alive_nodes"]) == 2
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    local = client.download_artifacts(out["run_id"], "environment.json", str(tmp_path / "dl"))
+    env_info = json.loads(Path(local).read_text())
+    assert env_info["world_size"] == 2
+    assert sorted(env_info["node_ids"]) == sorted(out["alive_nodes"]), "workers shared a node"

@@ -11,10 +11,12 @@ import signal
 import tempfile
 from typing import Any
 
+import ray
 import ray.train
 import torch
 
 from kdray.config import ExperimentConfig
+from kdray.dist import all_gather_object
 from kdray.engine.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
@@ -60,7 +62,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     else:
         tracker.log_params(cfg.flatten())
         tracker.log_dict_json(cfg.to_dict(), "config.json")
-        tracker.log_environment({"world_size": world, "storage": config.get("storage_path")})
+        node = ray.get_runtime_context().get_node_id()
+        tracker.log_environment({"world_size": world, "storage": config.get("storage_path"),
+                                 "node_ids": all_gather_object(node)})
     tracker.set_tag("kdray.status", "running")
     fault = config.get("_fault")
     history: list[dict] = list(resume.get("history", [])) if resume else []
