@@ -84,6 +84,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     cfg = resolve_paths(cfg)  # workers may run in another directory
     preflight(cfg)  # before any Ray resource starts
     run_name = run_name or cfg.name
+    storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH")
     storage_path = os.path.abspath(storage_path or "ray_results") if "://" not in (
         storage_path or "") else storage_path
     uri = tracking_uri or default_tracking_uri()

@@ -31,8 +31,12 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
     """Train `cfg` as stage `name` unless a finished record of the same config exists."""
     from kdray.runtime.fit import fit
 
-    storage_path = os.path.abspath(storage_path or "ray_results")
-    record = os.path.join(storage_path, "stages", f"{name}.json")
+    storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or "ray_results"
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)
+    # the record sits beside local storage; with remote storage (s3://) it stays in ./.kdray/
+    base = storage_path if "://" not in storage_path else os.path.abspath(".kdray")
+    record = os.path.join(base, "stages", f"{name}.json")
     if os.path.isfile(record):
         with open(record) as f:
             rec = json.load(f)

@@ -161,7 +161,8 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
         if key not in seen:
             seen.add(key)
             preflight(c)
-    storage_path = storage_path or os.path.abspath("ray_results")
+    storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or os.path.abspath(
+        "ray_results")
     uri = tracking_uri or default_tracking_uri()
     client = mlflow.MlflowClient(uri)
     exp_id = get_or_create_experiment(client, experiment or study.name)
