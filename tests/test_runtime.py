@@ -99,7 +99,7 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
     names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
     for need in ("config.json", "environment.json", "eval/episodes.parquet", "eval/summary.json",
-                 "plots/curves.png", "checkpoint/checkpoint.pt"):
+                 "plots/curves.png", "plots/episode_hist.png", "checkpoint/checkpoint.pt"):
         assert need in names, (need, sorted(names))
     rows = pd.read_parquet(local / "eval/episodes.parquet")
     assert len(rows) == 30 and set(rows["way"]) == {5} and set(rows["shot"]) == {1}

@@ -69,11 +69,14 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     fault = config.get("_fault")
     history: list[dict] = list(resume.get("history", [])) if resume else []
     last_ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
+    last_records: dict[str, list[dict]] = {}
 
     def finish(e: EpochEnd) -> None:
         """Everything final is recorded before the last report: once Tune has seen the last
         epoch it may stop this process at any moment (ASHA, end of study, Ctrl-C)."""
         tracker.log_curves(history)
+        if last_records.get("episodes"):
+            tracker.log_episode_hist(last_records["episodes"])
         storage = str(config.get("storage_path") or "")
         if "://" in storage and not storage.startswith("file://"):
             tracker.set_tag("kdray.checkpoint_uri", f"{storage}/{config.get('run_name')}")
@@ -88,6 +91,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if rank == 0:
             tracker.log_metrics(e.metrics, step=e.epoch + 1)
             if e.records:
+                last_records.update(e.records)
                 tracker.log_eval(e.records, {k: v for k, v in e.metrics.items()
                                              if k.startswith("val/")}, e.epoch + 1)
             save_checkpoint(e.make_state(), last_ckpt_dir)

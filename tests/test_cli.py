@@ -1,0 +1,36 @@
+"""The `kdray` console script: every subcommand has --help; bad input exits 2 before Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from kdray.cli import main
+
+
+@pytest.mark.parametrize("sub", [[], ["train"], ["study"], ["eval"], ["report"]])
+def test_help(sub, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*sub, "--help"])
+    assert e.value.code == 0
+    assert "usage: kdray" in capsys.readouterr().out
+
+
+def test_bad_key_is_rejected_before_ray(capsys, monkeypatch):
+    import kdray.runtime.session as session
+
+    monkeypatch.setattr(session, "ensure_ray", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["train", "--set", "optim.lrr=1"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.lrr" in err and "valid keys there" in err
+    assert main(["train", "--method", "nope"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert main(["study", "no_such_study"]) == 2
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "kdray.cli", "train", "--help"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--workers" in out.stdout
