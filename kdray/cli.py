@@ -26,6 +26,8 @@ def cmd_train(args) -> int:
     cfg = _cfg(args)
     if args.workers:
         cfg = cfg.override({"resources.num_workers": args.workers})
+    if args.download:
+        cfg = cfg.override({"data.download": True})
     if args.no_ray:
         from kdray.engine.runner import run_local
 
@@ -73,21 +75,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    import mlflow
+    from kdray.runtime.report import study_table
 
-    from kdray.runtime.tracking import default_tracking_uri
-
-    client = mlflow.MlflowClient(args.tracking_uri or default_tracking_uri())
-    exp = client.get_experiment_by_name(args.study)
-    if exp is None:
-        raise ConfigError(f"no MLflow experiment named {args.study!r}")
-    parents = client.search_runs([exp.experiment_id], f"tags.`kdray.study` = '{args.study}'",
-                                 order_by=["attributes.start_time DESC"], max_results=1)
-    if not parents:
-        raise ConfigError(f"no study run for {args.study!r} in experiment {exp.experiment_id}")
-    path = client.download_artifacts(parents[0].info.run_id, f"results/{args.study}.md")
-    with open(path) as f:
-        print(f.read())
+    print(study_table(args.study, args.tracking_uri))
     return 0
 
 
@@ -99,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", default=None, help="JSON config to start from")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     t.add_argument("--workers", type=int, default=None, help="DDP workers")
+    t.add_argument("--download", action="store_true", help="download missing data (torchvision)")
     t.add_argument("--name", default=None)
     t.add_argument("--address", default=None)
     t.add_argument("--storage-path", default=None)

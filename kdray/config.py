@@ -9,34 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar
 
-
-class ConfigError(ValueError):
-    """A bad configuration value, key or combination."""
-
-
-def check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def check_choice(key: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {sorted(map(str, choices))}")
-
-
-def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
-    bad = (low is not None and (value < low or (low_open and value == low))) or (
-        high is not None and (value > high or (high_open and value == high)))
-    if bad:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ConfigError(f"{key}={value!r} is out of range {lo}{low}, {high}{hi}")
+from kdray.overrides import (  # noqa: F401 - re-exported: kdray.config is the public home
+    ConfigError,
+    build_dataclass,
+    check,
+    check_choice,
+    check_range,
+    parse_overrides,
+    set_dotted,
+    to_plain,
+)
 
 
 @dataclass(frozen=True)
@@ -214,7 +199,7 @@ class ExperimentConfig:
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict:
-        return _to_plain(dataclasses.asdict(self))
+        return to_plain(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, raw: dict) -> ExperimentConfig:
@@ -250,157 +235,5 @@ class ExperimentConfig:
         if "method" in items and items["method"] != self.method:
             raw["method_cfg"] = None  # a different method starts from its own defaults
         for key, value in items.items():
-            _set_dotted(raw, key, value, self)
+            set_dotted(raw, key, value, self)
         return ExperimentConfig.from_dict(raw)
-
-
-def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
-    """["a.b=1", "c=x"] -> {"a.b": "1", "c": "x"}."""
-    out: dict[str, str] = {}
-    for p in pairs or []:
-        if "=" not in p:
-            raise ConfigError(f"--set expects key=value, got {p!r}")
-        k, v = p.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-# ---------------------------------------------------------------------------- helpers
-def _to_plain(x):
-    if isinstance(x, dict):
-        return {k: _to_plain(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_to_plain(v) for v in x]
-    return x
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _set_dotted(raw: dict, key: str, value: Any, cfg: ExperimentConfig) -> None:
-    parts = key.split(".")
-    node = raw
-    cls: Any = ExperimentConfig
-    for i, p in enumerate(parts):
-        if p == "method_cfg" and i == 0:
-            from kdray.methods import METHODS
-
-            method = raw.get("method", cfg.method)
-            sub_cls = METHODS[method].Config if method in METHODS else None
-        else:
-            sub_cls = None
-        names = [f.name for f in dataclasses.fields(cls)] if cls is not None else []
-        if p not in names:
-            where = ".".join(parts[:i]) or "top level"
-            raise ConfigError(f"unknown config key {key!r}: {p!r} is not a field of {where}; "
-                              f"valid keys there: {sorted(names)}")
-        if i == len(parts) - 1:
-            tp = _field_types(cls)[p]
-            node[p] = _coerce(value, tp, key)
-            return
-        if node.get(p) is None:
-            node[p] = {}
-        node = node[p]
-        cls = sub_cls or _field_types(cls)[p]
-        if not dataclasses.is_dataclass(cls):
-            raise ConfigError(f"unknown config key {key!r}: {'.'.join(parts[:i + 1])} has no sub-keys")
-
-
-def build_dataclass(cls: type, raw: Any, prefix: str):
-    if dataclasses.is_dataclass(raw) and isinstance(raw, cls):
-        return raw
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or cls.__name__}: expected a mapping, got {type(raw).__name__}")
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = set(raw) - names
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {sorted(unknown)} in {prefix or 'top level'}; "
-                          f"valid keys: {sorted(names)}")
-    hints = _field_types(cls)
-    kwargs = {}
-    for k, v in raw.items():
-        key = f"{prefix}.{k}" if prefix else k
-        tp = hints[k]
-        if k == "method_cfg":
-            kwargs[k] = v  # resolved in ExperimentConfig.__post_init__
-        elif dataclasses.is_dataclass(tp):
-            kwargs[k] = build_dataclass(tp, v, key)
-        else:
-            kwargs[k] = _coerce(v, tp, key)
-    return cls(**kwargs)
-
-
-_TRUE = {"true", "1", "yes", "on"}
-_FALSE = {"false", "0", "no", "off"}
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert `value` to type `tp` (parsing strings from the command line) or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None or (isinstance(value, str) and value.lower() == "none"):
-            if type(None) in args:
-                return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} does not match {tp}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, str):
-            s = value.strip()
-            if s.startswith("["):
-                value = json.loads(s)
-            else:
-                value = [v for v in s.strip("()").split(",") if v.strip()]
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a sequence, got {value!r}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
-        if len(value) != len(args):
-            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-            return value.lower() in _TRUE
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value

@@ -155,6 +155,9 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
         epochs = client.get_metric_history(run_id, "epoch")
         assert [m.step for m in epochs] == [1, 2], (key, [m.step for m in epochs])
     table = (tmp_path / "results" / "tiny.md").read_text()
+    from kdray.runtime.report import study_table
+
+    assert study_table("tiny", uri) == table  # `kdray report tiny` reads it back from MLflow
     assert "| oversized |" in table and "error" in table
     assert table.count("finished") == 3, table
 

@@ -21,6 +21,8 @@ def study_parser(description: str, presets: list[str]) -> argparse.ArgumentParse
     p.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                    help="comma-separated seeds for the ablation rows, e.g. 0,1,2")
     p.add_argument("--data-root", default=None, help="where datasets are looked for")
+    p.add_argument("--download", action="store_true",
+                   help="download missing datasets where torchvision can (CIFAR, Omniglot)")
     p.add_argument("--tracking-uri", default=None, help="MLflow (default sqlite:///./mlflow.db)")
     p.add_argument("--storage-path", default=None, help="Ray storage (default ./ray_results)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study")
@@ -46,6 +48,8 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
         over = parse_overrides(args.set)
         if args.data_root:
             over["data.root"] = args.data_root
+        if args.download:
+            over["data.download"] = True
         if over:
             study = replace(study, base=study.base.override(over))
         study = with_resources(study, workers_per_trial=args.workers_per_trial,
