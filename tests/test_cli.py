@@ -34,3 +34,18 @@ def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "kdray.cli", "train", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "--workers" in out.stdout
+
+
+def test_train_no_ray_then_eval_checkpoint(tmp_path, synth_root, capsys):
+    import json
+
+    sets = ["model.arch=conv2", f"data.root={synth_root}", "data.synthetic_classes=30",
+            "data.synthetic_per_class=20", "data.batch_size=32", "train.epochs=1",
+            "train.steps_per_epoch=2", "eval.shots=1", "eval.episodes=10"]
+    args = ["train", "--method", "ce", "--no-ray", "--out", str(tmp_path / "run")]
+    assert main(args + sum((["--set", s] for s in sets), [])) == 0
+    trained = json.loads(capsys.readouterr().out)["metrics"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    # same weights, same episode ids -> the same number as the end of training
+    assert evaluated["val/acc_5w1s"] == trained["val/acc_5w1s"]
