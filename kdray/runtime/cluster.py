@@ -253,18 +253,33 @@ def _start_nodes(cluster: LocalCluster, num_cpus: int, object_store_mb: int,
             f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
             f"--dashboard-agent-listen-port={agent_head}",
             f"--resources={json.dumps(dict(head_resources))}"]
-    worker = [f"--address={cluster.address}", *common,
-              f"--dashboard-agent-listen-port={agent_worker}"]
-    for role, args in (("head", head), ("worker", worker)):
-        sid, rc, out = _ray_start(args, env, timeout_s)
-        cluster.session_ids += (sid,)
-        cluster.pids.update(_snapshot(cluster.session_ids, cluster.pids))
-        log.debug("ray start (%s node), exit code %s:\n%s", role, rc, out)
-        if rc != 0:
-            raise RuntimeError(f"`ray start` for the {role} node failed ({rc}):\n{out[-4000:]}")
+    _start_one(cluster, "head", head, env, timeout_s)
+    # A loaded 2-core box sometimes misses the 30 s node-registration deadline of the joining
+    # raylet ("Failed to get node info: Deadline Exceeded"); the failed attempt's processes stay
+    # recorded (stopped at exit) and one more attempt gets fresh ports.
+    for attempt in range(2):
+        worker = [f"--address={cluster.address}", *common,
+                  f"--dashboard-agent-listen-port={agent_worker if attempt == 0 else _free_ports(1)[0]}"]
+        try:
+            _start_one(cluster, "worker", worker, env, timeout_s)
+            break
+        except RuntimeError:
+            if attempt == 1:
+                raise
+            log.warning("worker raylet failed to join; retrying once")
     recorded = cluster.temp_dir / "ray_current_cluster"
     if recorded.exists():  # Ray swaps 127.0.0.1 for the node's reachable IP; use its address
         cluster.address = recorded.read_text().strip() or cluster.address
+
+
+def _start_one(cluster: LocalCluster, role: str, args: list[str], env: Mapping[str, str],
+               timeout_s: float) -> None:
+    sid, rc, out = _ray_start(args, env, timeout_s)
+    cluster.session_ids += (sid,)
+    cluster.pids.update(_snapshot(cluster.session_ids, cluster.pids))
+    log.debug("ray start (%s node), exit code %s:\n%s", role, rc, out)
+    if rc != 0:
+        raise RuntimeError(f"`ray start` for the {role} node failed ({rc}):\n{out[-4000:]}")
 
 
 @contextlib.contextmanager
