@@ -179,3 +179,22 @@ def test_two_raylet_cluster_runs_a_two_worker_fit(tmp_path, synth_root):
     env_info = json.loads(Path(local).read_text())
     assert env_info["world_size"] == 2
     assert sorted(env_info["node_ids"]) == sorted(out["alive_nodes"]), "workers shared a node"
+
+
+def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
+    """A row may switch method (CE row in a KD study); the KD-only search keys must not be
+    applied to it, but a typo in the space must still fail before Ray."""
+    from kdray.runtime.study import Row, Study
+    from kdray.search import Float
+
+    base = small_cfg(synth_root, method="kd")
+    study = Study(name="v", base=base, metric="val/acc_5w1s",
+                  rows=(Row("ce", {"method": "ce"}), Row("kd", {})),
+                  space={"method_cfg.tau": Float(1.0, 8.0)})
+    cfgs = study.validate()
+    assert [c.method for c in cfgs] == ["ce", "kd", "kd", "kd"]
+    assert {c.method_cfg.tau for c in cfgs[2:]} == {1.0, 8.0}
+    bad = Study(name="v", base=base, metric="m", rows=study.rows,
+                space={"method_cfg.taux": Float(1.0, 8.0)})
+    with pytest.raises(ConfigError, match="taux"):
+        bad.validate()

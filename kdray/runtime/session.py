@@ -22,6 +22,11 @@ def preflight(cfg: ExperimentConfig) -> None:
     from kdray.methods import METHODS
     from kdray.modules.backbones import backbone_exists
 
+    if (cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0) and not METHODS[
+            cfg.method].supports_mix:
+        raise ConfigError(f"data.mixup_alpha/cutmix_alpha: method {cfg.method!r} does not apply "
+                          "mixup/CutMix (methods that do: "
+                          f"{sorted(k for k, m in METHODS.items() if m.supports_mix)})")
     check_data(cfg)
     if cfg.train.init_from and not os.path.isfile(cfg.train.init_from) and not os.path.isfile(
             os.path.join(cfg.train.init_from, "checkpoint.pt")):

@@ -83,21 +83,26 @@ class Study:
                 return r
         raise ConfigError(f"unknown row {label!r}; rows: {[r.label for r in self.rows]}")
 
-    def validate(self) -> list[ExperimentConfig]:
-        """Build every config a trial could get (rows x seeds x the space's corners) so bad keys
-        or values fail before Ray starts. Returns the distinct configs built."""
+    def search_base(self, search_row: str | None = None) -> ExperimentConfig:
+        """The config the search starts from: the base with the search row's overrides (default:
+        the last row, conventionally the full method)."""
+        if not self.rows:
+            return self.base
+        row = self.row(search_row) if search_row else self.rows[-1]
+        return self.base.override(row.overrides)
+
+    def validate(self, search_row: str | None = None) -> list[ExperimentConfig]:
+        """Build every config a trial could get (rows x seeds, and the search base at the space's
+        corners) so bad keys or values fail before Ray starts. Returns the configs built."""
         out = []
-        corners = [{}]
-        if self.space:
-            corners = [{k: _corner(d, lo) for k, d in self.space.items()} for lo in (True, False)]
         for row in self.rows or (None,):
             for seed in self.seeds:
-                for c in corners:
-                    p = dict(c)
-                    if row is not None:
-                        p[ROW_KEY] = row.label
-                    p[SEED_KEY] = seed
-                    out.append(self.trial_config(p))
+                p = {SEED_KEY: seed, **({ROW_KEY: row.label} if row is not None else {})}
+                out.append(self.trial_config(p))
+        if self.space:
+            base = self.search_base(search_row)
+            for low in (True, False):
+                out.append(base.override({k: _corner(d, low) for k, d in self.space.items()}))
         return out
 
 

@@ -83,11 +83,18 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
                               grace_period=study.grace_period,
                               reduction_factor=study.reduction_factor)
     slots = cluster_slots(r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker)
+    seen: dict[str, int] = {}
+
+    def index(trial_id: str) -> int:
+        """Grid trial ids end in a counter ("..._00003"); searcher trial ids are random hex."""
+        tail = str(trial_id).split("_")[-1]
+        return int(tail) if tail.isdigit() else seen.setdefault(str(trial_id), len(seen))
+
     tune_cfg = tune.TuneConfig(
         metric=study.metric, mode=study.mode, search_alg=search_alg, scheduler=sched,
         num_samples=num_samples, max_concurrent_trials=slots,
-        trial_name_creator=lambda t: trial_name(t.config, int(t.trial_id.split("_")[-1])),
-        trial_dirname_creator=lambda t: trial_name(t.config, int(t.trial_id.split("_")[-1])))
+        trial_name_creator=lambda t: trial_name(t.config, index(t.trial_id)),
+        trial_dirname_creator=lambda t: trial_name(t.config, index(t.trial_id)))
     run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
                              failure_config=tune.FailureConfig(max_failures=0), verbose=1)
     path = os.path.join(storage_path, f"{study.name}-{phase}")
@@ -108,7 +115,7 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         status = "error" if res.error else ("finished" if m.get("epoch") == study.base.train.epochs
                                             else "stopped")
         label = params.get(ROW_KEY, phase)
-        out.append({"name": trial_name(params, int(str(trial_id).split("_")[-1] or 0)),
+        out.append({"name": trial_name(params, index(trial_id)),
                     "label": label, "seed": params.get(SEED_KEY, study.base.seed),
                     "params": {k: v for k, v in params.items() if k not in (ROW_KEY, SEED_KEY)},
                     "metrics": m, "status": status, "error": repr(res.error) if res.error else None,
@@ -154,7 +161,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     )
 
     study = replace(study, base=resolve_paths(study.base))
-    configs = study.validate()
+    configs = study.validate(search_row)
     seen = set()
     for c in configs:
         key = (c.method, c.data.dataset, c.model, c.train.init_from)
@@ -179,10 +186,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
         trials += _run_phase(study, "grid", space, search="grid", num_samples=1, scheduler=False,
                              storage_path=storage_path, tracking=tracking, resume=resume)
     if study.space:
-        sstudy = study
-        if study.rows:
-            row = study.row(search_row) if search_row else study.rows[-1]
-            sstudy = replace(study, base=study.base.override(row.overrides))
+        sstudy = replace(study, base=study.search_base(search_row))
         space = {k: to_tune(d) for k, d in study.space.items()}
         trials += _run_phase(sstudy, "search", space, search=study.search,
                              num_samples=study.num_samples, scheduler=study.scheduler == "asha",
