@@ -59,8 +59,16 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
-        ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1",
-                 configure_logging=True, logging_level=logging.WARNING, **init_kwargs)
+        for attempt in range(2):
+            try:
+                ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1",
+                         configure_logging=True, logging_level=logging.WARNING, **init_kwargs)
+                break
+            except Exception as e:  # raylet/GCS start-up deadline missed on an overloaded box
+                if attempt or "timed out during startup" not in str(e):
+                    raise
+                log.warning("local Ray start timed out; retrying once")
+                ray.shutdown()
     else:
         ray.init(address=address, **init_kwargs)
     return True
