@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -203,8 +206,11 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     from kdray.runtime.study import summarize_rows
 
     rows = summarize_rows(study, trials)
-    info = {"study": study.name, "method": study.base.method, "dataset": study.base.data.dataset,
-            "metric": f"{study.metric} ({study.mode})", "wall time": f"{time.time() - t0:.0f} s",
+    info = {"study": study.name, "command": "`" + " ".join(["python", *sys.argv]) + "`",
+            "method": study.base.method, "dataset": study.base.data.dataset,
+            "seeds": ", ".join(map(str, study.seeds)), "hardware": hardware_summary(),
+            "kdray commit": _git_sha(), "metric": f"{study.metric} ({study.mode})",
+            "wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
             "MLflow parent run": f"`{parent}` ({uri})", **(header or {})}
     path = os.path.join(results_dir, f"{study.name}.md")
     text = write_results_md(study, rows, path, header=info)
@@ -215,6 +221,24 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     client.set_terminated(parent, "FINISHED")
     print(text)
     return StudyResult(rows, parent, path, best)
+
+
+def hardware_summary() -> str:
+    """Where the study's driver ran, e.g. "2 CPU cores (x86_64), no GPU" (trials may run elsewhere)."""
+    import torch
+
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    gpu = f"{len(gpus)} x {gpus[0]}" if gpus else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), {gpu}"
+
+
+def _git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=os.path.dirname(__file__))
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
 
 
 def _grid(values):
