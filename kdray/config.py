@@ -32,7 +32,7 @@ class DataConfig:
     image_size: int = 32             # global crop / eval resize
     batch_size: int = 64             # global batch; split evenly across DDP workers
     loader_workers: int = 0          # DataLoader worker processes per DDP worker
-    augment: str = "basic"           # none | basic | multicrop
+    augment: str = "basic"           # none | basic | multicrop | deit
     global_crops: int = 2            # multicrop only
     local_crops: int = 0             # multicrop only
     local_size: int = 16
@@ -45,9 +45,23 @@ class DataConfig:
     train_split: str = "train"
     synthetic_classes: int = 100     # synthetic_fs only
     synthetic_per_class: int = 60    # synthetic_fs only
+    rand_augment: str = "rand-m9-mstd0.5-inc1"  # deit only: timm RandAugment spec ("" = off)
+    random_erasing: float = 0.25     # deit only: timm RandomErasing probability (pixel mode)
+    mixup_alpha: float = 0.0         # > 0: mixup parameters drawn in collate (DeiT: 0.8)
+    cutmix_alpha: float = 0.0        # > 0: CutMix (DeiT: 1.0); the method applies the mixing
+    mix_prob: float = 1.0            # share of batches mixed
+    mix_switch_prob: float = 0.5     # CutMix rather than mixup when both are on
+    repeated_aug: int = 1            # > 1: each drawn image appears this often per epoch (DeiT: 3)
 
     def __post_init__(self) -> None:
-        check_choice("data.augment", self.augment, ("none", "basic", "multicrop"))
+        check_choice("data.augment", self.augment, ("none", "basic", "multicrop", "deit"))
+        for k in ("random_erasing", "mix_prob", "mix_switch_prob"):
+            check_range(f"data.{k}", getattr(self, k), 0.0, 1.0)
+        check_range("data.mixup_alpha", self.mixup_alpha, 0.0)
+        check_range("data.cutmix_alpha", self.cutmix_alpha, 0.0)
+        check_range("data.repeated_aug", self.repeated_aug, 1)
+        check(self.repeated_aug == 1 or not self.class_aware, "data.repeated_aug",
+              "cannot be combined with data.class_aware")
         check_range("data.image_size", self.image_size, 8)
         check_range("data.batch_size", self.batch_size, 1)
         check_range("data.loader_workers", self.loader_workers, 0)
@@ -134,9 +148,11 @@ class EvalConfig:
     classifiers: tuple[str, ...] = ("proto",)   # proto | logreg | distlinear (SMKD's, slow)
     seed: int = 0                    # episode ids depend only on this: same episodes for every trial
     batch_size: int = 256
+    max_items: int = 0               # top1: 0 = the whole split; > 0 = that many evenly spaced items
 
     def __post_init__(self) -> None:
         check_choice("eval.kind", self.kind, ("fewshot", "top1", "none"))
+        check_range("eval.max_items", self.max_items, 0)
         check_range("eval.every", self.every, 1)
         check_range("eval.ways", self.ways, 2)
         check(len(self.shots) > 0 and all(s >= 1 for s in self.shots), "eval.shots",

@@ -326,5 +326,5 @@ def test_check_data_batch_geometry_and_class_counts() -> None:
     with pytest.raises(ConfigError, match="eval.ways"):
         check_data(base.override({"eval.split": "val", "eval.ways": 17}))  # 16 val classes
     expected = {"synthetic_fs": 64, "omniglot": 4112, "cifar10": 10, "cifar100": 100,
-                "cifar_fs": 64, "fc100": 60, "mini_imagenet": 64}
+                "cifar_fs": 64, "fc100": 60, "mini_imagenet": 64, "imagenet": 1000}
     assert {n: num_train_classes(base.override({"data.dataset": n})) for n in DATASETS} == expected

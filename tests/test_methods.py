@@ -25,6 +25,12 @@ def tiny_config(name: str, tmp_path) -> ExperimentConfig:
         path = tmp_path / "teacher.pt"
         torch.save({"model": {"student": build_student(teacher_cfg, NUM_CLASSES).state_dict()}}, path)
         over["model.teacher_ckpt"] = str(path)
+    if name == "cskd":  # a 3-block CNN teacher (2x2 dense grid at 16 px) and a patch-4 DeiT
+        teacher_cfg = ExperimentConfig().override({"model.arch": "conv3", "data.image_size": 16})
+        path = tmp_path / "cnn_teacher.pt"
+        torch.save({"model": {"student": build_student(teacher_cfg, NUM_CLASSES).state_dict()}}, path)
+        over.update({"model.arch": "vit_nano_p4_32", "model.teacher_arch": "conv3",
+                     "model.teacher_ckpt": str(path)})
     if name == "smkd":
         over.update({"model.arch": "vit_nano_p4_32", "data.image_size": 32, "data.local_size": 16,
                      "data.augment": "multicrop", "data.local_crops": 2, "data.mask_prob": 0.5,

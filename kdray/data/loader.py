@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
@@ -20,15 +21,21 @@ from torch.utils.data import DataLoader, Dataset
 from kdray.config import ConfigError
 from kdray.data.base import ImageDataset, mix_seed
 from kdray.data.registry import build_dataset, get_spec
-from kdray.data.samplers import ClassAwareBatchSampler, ShardedBatchSampler
+from kdray.data.samplers import (
+    ClassAwareBatchSampler,
+    RepeatedAugBatchSampler,
+    ShardedBatchSampler,
+)
 from kdray.data.transforms import eval_transform, train_transform
 from kdray.modules.masking import default_min_patches, image_mask
+from kdray.modules.mixing import draw_mix
 from kdray.types import Batch
 
 if TYPE_CHECKING:
     from kdray.config import DataConfig, ExperimentConfig
 
 _MASK_SALT = 0x6D61736B  # separates mask draws from augmentation draws of the same sample
+_MIX_SALT = 0x6D6978  # mixup/CutMix draws of a batch (seeded by its first sample)
 
 Sample = tuple[list[Tensor], int, int, int]  # views, label, index, sample seed
 
@@ -60,21 +67,31 @@ class TrainView(Dataset):
 
 
 class TrainCollate:
-    """Stacks views into a `Batch`; draws one (B, h, w) mask per global crop when mask_prob > 0."""
+    """Stacks views into a `Batch`; draws one (B, h, w) mask per global crop when mask_prob > 0
+    and the batch's mixup/CutMix parameters (`Batch.mix`, applied by the method) when enabled."""
 
     def __init__(self, cfg: DataConfig) -> None:
         self.n_global = cfg.global_crops if cfg.augment == "multicrop" else 1
         self.grid = cfg.image_size // cfg.patch_size
         self.prob, self.ratio = cfg.mask_prob, cfg.mask_ratio
         self.min_patches = default_min_patches(self.grid, self.grid)
+        self.mix = None
+        if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+            self.mix = {"mixup_alpha": cfg.mixup_alpha, "cutmix_alpha": cfg.cutmix_alpha,
+                        "prob": cfg.mix_prob, "switch_prob": cfg.mix_switch_prob}
 
     def __call__(self, samples: Sequence[Sample]) -> Batch:
         views = [torch.stack([s[0][v] for s in samples]) for v in range(len(samples[0][0]))]
         masks = None
         if self.prob > 0:
             masks = [self._masks(samples, v) for v in range(self.n_global)]
+        mix = None
+        if self.mix is not None:
+            rng = np.random.RandomState(mix_seed(samples[0][3], _MIX_SALT) % 2**32)
+            mix = draw_mix(rng, *views[0].shape[-2:], **self.mix)
         return Batch(views=views, labels=torch.tensor([s[1] for s in samples], dtype=torch.long),
-                     masks=masks, index=torch.tensor([s[2] for s in samples], dtype=torch.long))
+                     masks=masks, mix=mix,
+                     index=torch.tensor([s[2] for s in samples], dtype=torch.long))
 
     def _masks(self, samples: Sequence[Sample], view: int) -> Tensor:
         g = torch.Generator()
@@ -98,7 +115,11 @@ def build_train_loader(cfg: ExperimentConfig, *, rank: int, world: int) -> DataL
         raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by {world} workers")
     spec = get_spec(d.dataset)
     base = build_dataset(d, d.train_split)
-    if d.class_aware:
+    if d.repeated_aug > 1:
+        sampler = RepeatedAugBatchSampler(len(base), repeats=d.repeated_aug,
+                                          batch_size=d.batch_size, rank=rank, world=world,
+                                          seed=cfg.seed)
+    elif d.class_aware:
         sampler = ClassAwareBatchSampler(base.targets, m=d.class_aware, batch_size=d.batch_size,
                                          rank=rank, world=world, seed=cfg.seed)
     else:

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kdray.config import ConfigError, check_choice
-from kdray.data import cifar, mini_imagenet, omniglot, synthetic
+from kdray.data import cifar, imagenet, mini_imagenet, omniglot, synthetic
 from kdray.data.base import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DatasetSpec, ImageDataset
 
 if TYPE_CHECKING:
@@ -38,6 +38,10 @@ DATASETS: dict[str, DatasetSpec] = {
         locate=mini_imagenet.locate, num_classes=mini_imagenet.num_classes,
         mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1], native_size=84,
         eval_crop=0.875),  # resize to size / 0.875, centre-crop (SMKD: 256 -> 224)
+    "imagenet": DatasetSpec(
+        name="imagenet", splits=imagenet.SPLITS, build=imagenet.build, locate=imagenet.locate,
+        num_classes=imagenet.num_classes, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1],
+        native_size=224, eval_crop=0.875),  # DeiT: resize 256, centre-crop 224
 }
 
 

@@ -67,6 +67,35 @@ class ShardedBatchSampler(_ShardedBase):
         return batch[self.rank::self.world]
 
 
+class RepeatedAugBatchSampler(ShardedBatchSampler):
+    """Repeated augmentation (DeiT's `RASampler`): an epoch draws ceil(n / repeats) images and
+    shows each `repeats` times, every copy with its own sample seed (so its own augmentation).
+    Copies are adjacent in the global order, so the rank slicing puts them on different ranks as
+    in DeiT. An epoch keeps n // batch_size batches."""
+
+    def __init__(self, n: int, *, repeats: int, batch_size: int, rank: int = 0, world: int = 1,
+                 seed: int = 0) -> None:
+        super().__init__(n, batch_size=batch_size, rank=rank, world=world, seed=seed)
+        self.repeats = repeats
+
+    def _order(self) -> tuple[np.ndarray, np.ndarray]:
+        """(num_batches, batch_size) dataset indices and copy numbers of this epoch."""
+        perm = np.random.default_rng([self.seed, self.epoch, 2]).permutation(self.n)
+        drawn = -(-self.n // self.repeats)
+        m = len(self) * self.batch_size
+        idx = np.repeat(perm[:drawn], self.repeats)[:m]
+        copy = np.tile(np.arange(self.repeats), drawn)[:m]
+        return idx.reshape(len(self), -1), copy.reshape(len(self), -1)
+
+    def global_batches(self) -> np.ndarray:
+        return self._order()[0]
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for idx, copy in zip(*self._order()):
+            yield [(int(i), mix_seed(self.seed, self.epoch, int(i), int(c)))
+                   for i, c in zip(self._shard(idx), self._shard(copy))]
+
+
 def max_rounds(chunks: np.ndarray, k: int) -> int:
     """Most batches of k distinct classes that can be formed from `chunks[c]` chunks per class.
 

@@ -1,4 +1,4 @@
-"""Image transforms: eval, "none", "basic" and DINO/iBOT multi-crop ("multicrop").
+"""Image transforms: eval, "none", "basic", DINO/iBOT multi-crop ("multicrop") and DeiT ("deit").
 
 Inputs are PIL images (RGB); outputs are normalised float tensors (3, H, W). Train transforms
 return a list of views. All randomness comes from torch's global generator, which the training
@@ -14,9 +14,11 @@ still blurs with sigma up to 0.5 px).
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -97,10 +99,39 @@ class MultiCrop:
         return views + [self.local(img) for _ in range(self.local_crops)]
 
 
+class DeiTTransform:
+    """DeiT's training transform from timm: random-resized crop (scale data.global_scale, bicubic),
+    flip, RandAugment (data.rand_augment), normalise, RandomErasing (data.random_erasing, pixel
+    mode). timm draws from Python's and NumPy's global generators: they are seeded here from
+    torch's (which the training dataset seeds per sample) and restored afterwards."""
+
+    def __init__(self, cfg: DataConfig, spec: DatasetSpec) -> None:
+        from timm.data import create_transform
+
+        self.transform = create_transform(
+            cfg.image_size, is_training=True, scale=cfg.global_scale,
+            hflip=0.5 if spec.flip else 0.0, color_jitter=0.3,
+            auto_augment=cfg.rand_augment or None, interpolation="bicubic",
+            re_prob=cfg.random_erasing, re_mode="pixel", re_count=1, mean=spec.mean, std=spec.std)
+
+    def __call__(self, img: Image.Image) -> list[Tensor]:
+        seed = int(torch.randint(0, 2**31 - 1, ()))
+        py_state, np_state = random.getstate(), np.random.get_state()
+        random.seed(seed)
+        np.random.seed(seed)
+        try:
+            return [self.transform(img)]
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
 def train_transform(cfg: DataConfig, spec: DatasetSpec) -> Callable[[Image.Image], list[Tensor]]:
     """The data.augment pipeline; always returns a list of views (one unless multicrop)."""
     if cfg.augment == "multicrop":
         return MultiCrop(cfg, spec)
+    if cfg.augment == "deit":
+        return DeiTTransform(cfg, spec)
     if cfg.augment == "none":  # resize + centre-crop to image_size, normalise
         return _Listed(eval_transform(cfg, spec, crop=1.0))
     return _Listed(basic_transform(cfg, spec))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from kdray.methods.base import Method
 from kdray.methods.ce import CE
+from kdray.methods.cskd import CSKD
 from kdray.methods.kd import KD
 from kdray.methods.smkd import SMKD
 
 METHODS: dict[str, type[Method]] = {
     "ce": CE,
+    "cskd": CSKD,
     "kd": KD,
     "smkd": SMKD,
 }

@@ -26,6 +26,8 @@ class Method(nn.Module):
     Config: ClassVar[type]
     #: what the method needs from the data pipeline; checked before any run starts.
     needs_labels: ClassVar[bool] = True
+    #: whether `forward` applies `batch.mix` (mixup/CutMix drawn in collate); checked in preflight.
+    supports_mix: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig, *, num_classes: int) -> None:
         super().__init__()

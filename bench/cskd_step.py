@@ -1,0 +1,128 @@
+"""Cost of a Cumulative Spatial KD training step against a DeiT hard-distillation step.
+
+Both steps run the same frozen CNN teacher and the same distilled DeiT; Cumulative Spatial KD
+adds the distillation head on every patch token, a 2x2 pooling and a cross-entropy over the
+teacher grid, which should cost almost nothing. Plain DeiT (no teacher) is shown for scale.
+Random images and random weights (speed only); forward + backward + AdamW step per iteration.
+
+    python bench/cskd_step.py                       # CPU: 96-d DeiT (patch 4) + conv3 at 32 px
+    python bench/cskd_step.py --preset gpu          # DeiT-S/16 + RegNetY-16GF, 224 px, bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import time
+
+import torch
+
+import kdray.methods.cskd as cskd_module
+from kdray.config import ExperimentConfig
+from kdray.engine.loop import seed_all
+from kdray.methods import build_method
+from kdray.modules.backbones import Classifier, build_backbone
+from kdray.modules.dense import DenseTeacher
+from kdray.types import Batch, Step
+
+PRESETS = {
+    "cpu": {"model.arch": "vit_micro_p4_32", "model.teacher_arch": "conv3", "data.image_size": 32,
+            "classes": 10, "batch": 64},
+    "gpu": {"model.arch": "deit_small_distilled_patch16_224",
+            "model.teacher_arch": "regnety_160", "data.image_size": 224, "classes": 1000,
+            "batch": 128},
+}
+ROWS = {"DeiT (no teacher)": {"method_cfg.a": 0.0, "method_cfg.w_cskd": 0.0},
+        "DeiT hard distillation": {"method_cfg.w_cskd": 0.0},
+        "Cumulative Spatial KD (hard)": {},
+        "Cumulative Spatial KD (soft)": {"method_cfg.cskd_loss": "soft"}}
+
+
+def random_teacher(cfg: ExperimentConfig, num_classes: int) -> DenseTeacher:
+    """The configured teacher architecture with random weights (no checkpoint needed)."""
+    arch = cfg.model.teacher_arch
+    if arch in ("conv3", "conv4", "conv2"):
+        net = Classifier(build_backbone(arch), num_classes)
+    else:
+        import timm
+
+        net = timm.create_model(arch, num_classes=num_classes)
+    return DenseTeacher(net).requires_grad_(False).eval()
+
+
+class Runner:
+    """One method, its optimizer and a fixed random batch; `run(n)` times n training steps."""
+
+    def __init__(self, cfg: ExperimentConfig, classes: int, batch: int, device: torch.device):
+        seed_all(0)
+        self.method = build_method(cfg, classes).to(device).train()
+        if device.type == "cuda":
+            self.method = self.method.to(memory_format=torch.channels_last)
+        params = [p for g in self.method.param_groups(0.05) for p in g["params"]]
+        self.opt = torch.optim.AdamW(params, lr=1e-4)
+        size = cfg.data.image_size
+        self.batch = Batch(views=[torch.randn(batch, 3, size, size, device=device)],
+                           labels=torch.randint(0, classes, (batch,), device=device))
+        self.device = device
+        self.it = 0
+
+    def run(self, steps: int) -> float:
+        """Images per second over `steps` forward + backward + optimizer steps."""
+        cuda = self.device.type == "cuda"
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with amp:
+                out = self.method(self.batch, Step(it=self.it, epoch=0, total_its=10**6))
+            out["loss"].backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.it += 1
+        if cuda:
+            torch.cuda.synchronize()
+        return len(self.batch) * steps / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--steps", type=int, default=10, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    pre = dict(PRESETS[a.preset])
+    classes, default_batch = pre.pop("classes"), pre.pop("batch")
+    batch = a.batch or default_batch
+    device = torch.device("cuda" if a.preset == "gpu" else "cpu")
+    if a.preset == "gpu" and not torch.cuda.is_available():
+        raise SystemExit("--preset gpu needs a CUDA device")
+    cskd_module.build_dense_teacher = random_teacher  # speed only: no checkpoint or hub download
+    base = ExperimentConfig().override({"method": "cskd", **pre})
+    print(f"{a.preset}: student {pre['model.arch']}, teacher {pre['model.teacher_arch']}, "
+          f"{pre['data.image_size']} px, batch {batch}, {torch.get_num_threads()} threads")
+    runners = {label: Runner(base.override(over), classes, batch, device)
+               for label, over in ROWS.items()}
+    for r in runners.values():
+        r.run(a.warmup)
+    # interleaved rounds, median per setting: robust to drifting load on a shared machine
+    samples = {label: [] for label in runners}
+    for _ in range(a.rounds):
+        for label, r in runners.items():
+            samples[label].append(r.run(a.steps))
+    res = {label: statistics.median(v) for label, v in samples.items()}
+    for label, v in res.items():
+        print(f"  {label:32s} {v:9.1f} images/s (median of {a.rounds} rounds of {a.steps} steps)")
+    ref = res["DeiT hard distillation"]
+    for label in ("Cumulative Spatial KD (hard)", "Cumulative Spatial KD (soft)"):
+        print(f"  {label} / DeiT hard distillation: {res[label] / ref:.3f}x throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Cumulative Spatial KD: "Cumulative Spatial Knowledge Distillation for Vision Transformers"
+(Zhao, Song & Liang, ICCV 2023, arXiv:2307.08500; official code Zzzzz1/CSKD, built on DeiT).
+
+A frozen CNN teacher gives dense logits P_T (its linear classifier at every position of the last
+feature map); a distilled DeiT student passes its patch tokens through the distillation head and
+learns each position's class from the teacher (spatial knowledge without feature alignment).
+Cumulative knowledge fusion moves those targets from the local to the global teacher response
+as training goes on: Y_T = argmax_c [alpha * P_T + (1 - alpha) * P_T,global], alpha 1 -> 1/E.
+
+Terms (methods.md §4.2; paper Eq. 1-3): `base` = SoftTargetCE([CLS] logits, mixup/CutMix targets
+with label smoothing); `distill` = DeiT hard distillation CE(dist-token logits, argmax P_T,global);
+`cskd` = CE(pooled patch logits, Y_T) over all teacher positions (hard) or tau^2 KL summed over
+positions / B (soft). L = (1 - a) base + a distill + w_cskd cskd. Inference averages the heads
+that are trained: (cls + dist + mean patch logits) / 3 for CSKD.
+
+Settings: a = w_cskd = 0 trains a plain DeiT (no teacher, no distillation token); w_cskd = 0 is
+DeiT hard distillation (inference (cls + dist) / 2, as DeiT). Deviations from the official code:
+the alpha schedule also takes endpoints and the `cosine`/`constant` shapes; with a = 0 the
+distillation-token head is left out of the inference average (the code always averages three);
+the teacher is not stored in checkpoints (it is rebuilt from model.teacher_ckpt or the hub).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from kdray.config import ConfigError, check_choice, check_range
+from kdray.dist import unwrap
+from kdray.methods.base import Method
+from kdray.methods.kd import build_teacher as build_kdray_teacher
+from kdray.methods.kd import load_model_state
+from kdray.modules import cskd_losses as L
+from kdray.modules.backbones import BACKBONES
+from kdray.modules.deit import DeiTStudent, average_heads, build_deit
+from kdray.modules.dense import DenseTeacher, check_dense_consistent
+from kdray.modules.mixing import mix_images, mix_targets, soft_target_ce
+from kdray.search import Choice, Float
+from kdray.types import Batch, LossDict, Step
+
+if TYPE_CHECKING:
+    from kdray.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class CSKDConfig:
+    a: float = 0.5                   # deit_alpha, configs/cskd_{tiny,small,base}.py
+    w_cskd: float = 1.0              # cksd_loss_weight (sic), same configs
+    alpha_schedule: str = "linear"   # cskd_decay_func: linear | x2 | cos (+ cosine | constant)
+    alpha_start: float = 1.0         # alpha at epoch 0 (official: 1)
+    alpha_end: float = 0.0           # alpha the schedule heads for at epoch E (official: 0)
+    cskd_loss: str = "hard"          # cskd_loss_type: hard | soft
+    distill_loss: str = "hard"       # deit_loss_type: hard | soft
+    tau: float = 1.0                 # deit_tau, used by the soft variants
+    label_smoothing: float = 0.1     # DeiT recipe (smoothing of the mixup targets)
+
+    SEARCH: ClassVar[dict] = {
+        "a": Float(0.25, 0.75),                          # paper uses 1/2 (L = ½CE + ½distill)
+        "w_cskd": Float(0.5, 2.0),                       # methods.md §6 suggestion
+        "alpha_schedule": Choice(["linear", "x2", "cos"]),  # the official decay functions
+        "alpha_start": Float(0.5, 1.0),
+        "alpha_end": Float(0.0, 0.5),
+        "cskd_loss": Choice(["hard", "soft"]),
+        "tau": Float(0.5, 4.0),
+    }
+
+    def __post_init__(self) -> None:
+        check_range("method_cfg.a", self.a, 0.0, 1.0)
+        check_range("method_cfg.w_cskd", self.w_cskd, 0.0, 100.0)
+        check_choice("method_cfg.alpha_schedule", self.alpha_schedule, tuple(L.SHAPES))
+        check_range("method_cfg.alpha_start", self.alpha_start, 0.0, 1.0)
+        check_range("method_cfg.alpha_end", self.alpha_end, 0.0, 1.0)
+        check_choice("method_cfg.cskd_loss", self.cskd_loss, ("hard", "soft"))
+        check_choice("method_cfg.distill_loss", self.distill_loss, ("hard", "soft"))
+        check_range("method_cfg.tau", self.tau, 0.0, 100.0, low_open=True)
+        check_range("method_cfg.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
+
+    @property
+    def uses_teacher(self) -> bool:
+        return self.a > 0 or self.w_cskd > 0
+
+
+def build_student(cfg: ExperimentConfig, num_classes: int) -> DeiTStudent:
+    m = cfg.method_cfg
+    vit = build_deit(cfg.model.arch, num_classes, distilled=m.uses_teacher,
+                     image_size=cfg.data.image_size, drop_path=cfg.model.drop_path,
+                     pretrained=cfg.model.pretrained)
+    return DeiTStudent(vit, dense=m.w_cskd > 0)
+
+
+def _timm_teacher(arch: str, ckpt: str, num_classes: int):
+    """A timm CNN with weights from a plain state_dict file, or from the hub when `ckpt` is ""."""
+    import timm
+    from timm.models import get_pretrained_cfg, is_model
+
+    if not is_model(arch):
+        raise ConfigError(f"model.teacher_arch: unknown model {arch!r} (a kdray backbone such as "
+                          f"conv3, or a timm CNN such as regnety_160.deit_in1k)")
+    if not ckpt:
+        pcfg = get_pretrained_cfg(arch)
+        if pcfg is None or pcfg.num_classes != num_classes:
+            have = None if pcfg is None else pcfg.num_classes
+            raise ConfigError(f"model.teacher_ckpt: empty, so {arch!r} would load hub weights, but "
+                              f"they have {have} classes and the data {num_classes}; pass a "
+                              "teacher checkpoint with --set model.teacher_ckpt=PATH")
+        try:
+            return timm.create_model(arch, pretrained=True, num_classes=num_classes)
+        except Exception as e:  # offline, no HF access, corrupt cache ...
+            raise ConfigError(f"model.teacher_ckpt: could not fetch hub weights for {arch!r} "
+                              f"({type(e).__name__}: {e}); download them where there is internet "
+                              "or pass a local file with --set model.teacher_ckpt=PATH") from None
+    net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    state, own = load_model_state(ckpt), net.state_dict()
+    bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state
+                                            and tuple(own[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise ConfigError(f"model.teacher_ckpt {ckpt!r} does not fit timm {arch!r} with "
+                          f"{num_classes} classes (mismatched keys/shapes: {bad[:5]})")
+    net.load_state_dict(state)
+    return net
+
+
+def build_dense_teacher(cfg: ExperimentConfig, num_classes: int) -> DenseTeacher:
+    """The frozen dense-logit teacher: kdray checkpoints (of a kdray or timm backbone) go through
+    KD's loader and compatibility check; plain timm state_dicts and hub weights through timm."""
+    arch, ckpt = cfg.model.teacher_arch, cfg.model.teacher_ckpt
+    if not arch:
+        raise ConfigError("model.teacher_arch: Cumulative Spatial KD needs a CNN teacher, e.g. "
+                          "regnety_160.deit_in1k (hub) or conv3 trained with method ce")
+    kdray_ckpt = bool(ckpt) and any(k.startswith("backbone.") for k in load_model_state(ckpt))
+    if arch in BACKBONES or kdray_ckpt:
+        if not ckpt:
+            raise ConfigError(f"model.teacher_ckpt: a trained {arch!r} teacher checkpoint is "
+                              "needed (train one with method ce and pass its checkpoint.pt)")
+        net = build_kdray_teacher(cfg, num_classes)
+    else:
+        net = _timm_teacher(arch, ckpt, num_classes)
+    try:
+        teacher = DenseTeacher(net)
+    except ValueError as e:
+        raise ConfigError(f"model.teacher_arch: {e}") from None
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+class CSKD(Method):
+    """Cumulative Spatial KD from a frozen dense CNN teacher (see module docstring)."""
+
+    Config = CSKDConfig
+    supports_mix = True
+
+    def __init__(self, cfg: ExperimentConfig, *, num_classes: int) -> None:
+        super().__init__(cfg, num_classes=num_classes)
+        self.student = build_student(cfg, num_classes)
+        if self.mcfg.uses_teacher:
+            self.teacher = build_dense_teacher(cfg, num_classes)
+
+    # ------------------------------------------------------------------ checks
+    @classmethod
+    def preflight(cls, cfg: ExperimentConfig) -> None:
+        from kdray.data import num_train_classes
+
+        n = num_train_classes(cfg)
+        try:
+            student = build_student(cfg, n)
+        except ValueError as e:
+            raise ConfigError(f"model.arch: {e}") from None
+        if not (cfg.method_cfg.uses_teacher or cfg.model.teacher_ckpt):
+            return  # a given teacher is checked even when unused: study rows share one preflight
+        teacher = build_dense_teacher(cfg, n)
+        try:
+            t_grid = check_dense_consistent(teacher, cfg.data.image_size)
+        except ValueError as e:
+            raise ConfigError(f"model.teacher_arch: {e}") from None
+        s_grid = tuple(int(g) for g in student.vit.patch_embed.grid_size)
+        if any(s % t for s, t in zip(s_grid, t_grid)):
+            raise ConfigError(f"model.teacher_arch: teacher grid {t_grid} must divide the "
+                              f"student's patch grid {s_grid} at data.image_size="
+                              f"{cfg.data.image_size} (paper: 14x14 patches -> 7x7)")
+
+    # ------------------------------------------------------------------ training
+    def alpha(self, step: Step) -> float:
+        """Weight of the local teacher response, stepped per epoch."""
+        m = self.mcfg
+        epochs = max(1, step.total_its // max(1, step.its_per_epoch))
+        return L.alpha_at(step.epoch, epochs, shape=m.alpha_schedule, start=m.alpha_start,
+                          end=m.alpha_end)
+
+    def forward(self, batch: Batch, step: Step) -> LossDict:
+        m = self.mcfg
+        x = mix_images(batch.views[0], batch.mix)          # the teacher sees the mixed images
+        s = self.student(x)
+        base = soft_target_ce(s.cls, mix_targets(batch.labels, batch.mix, self.num_classes,
+                                                 m.label_smoothing))
+        out, loss = {"base": base.detach()}, (1.0 - m.a) * base
+        if self.teacher is not None:
+            with torch.no_grad():
+                t_dense = self.teacher(x).float()          # (B, C, h, w)
+            if m.a > 0:
+                distill = self._distill(s.dist, t_dense.mean(dim=(2, 3)))
+                loss, out["distill"] = loss + m.a * distill, distill.detach()
+            if m.w_cskd > 0:
+                alpha = self.alpha(step)
+                cskd = self._cskd(s.dense, s.grid, L.fuse_teacher(t_dense, alpha))
+                loss, out["cskd"] = loss + m.w_cskd * cskd, cskd.detach()
+                out["alpha"] = torch.tensor(alpha, device=x.device)
+        out["loss"] = loss
+        return out
+
+    def _distill(self, s_dist: torch.Tensor, t_global: torch.Tensor) -> torch.Tensor:
+        if self.mcfg.distill_loss == "soft":
+            return L.distill_soft(s_dist, t_global, self.mcfg.tau)
+        return L.distill_hard(s_dist, t_global)
+
+    def _cskd(self, s_dense: torch.Tensor, grid: tuple[int, int], fused: torch.Tensor
+              ) -> torch.Tensor:
+        pooled = L.pool_student(s_dense, grid, tuple(fused.shape[-2:]))
+        if self.mcfg.cskd_loss == "soft":
+            return L.cskd_soft(pooled, fused, self.mcfg.tau)
+        return L.cskd_hard(pooled, fused)
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """As the base class, plus DeiT's exclusions (positions, [CLS] and distillation tokens)."""
+        skip = unwrap(self.student).no_weight_decay()
+        decay, no_decay = [], []
+        for name, p in unwrap(self.student).named_parameters():
+            if p.requires_grad:
+                flat = p.ndim <= 1 or name.endswith(".bias") or name in skip
+                (no_decay if flat else decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C): the average of the trained heads."""
+        out = unwrap(self.student)(x)
+        return average_heads(out, use_dist=self.mcfg.a > 0, use_dense=self.mcfg.w_cskd > 0)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, dict]:
+        """The student only: the frozen teacher is rebuilt from its own source."""
+        return {"student": unwrap(self.student).state_dict()}
+
+    def load_checkpoint_state(self, state: dict[str, dict], strict: bool = True) -> None:
+        unwrap(self.student).load_state_dict(state["student"], strict=strict)
