@@ -71,7 +71,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     last_ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
     last_records: dict[str, list[dict]] = {}
 
-    def finish(e: EpochEnd) -> None:
+    def finish(e: EpochEnd | None) -> None:
         """Everything final is recorded before the last report: once Tune has seen the last
         epoch it may stop this process at any moment (ASHA, end of study, Ctrl-C)."""
         tracker.log_curves(history)
@@ -100,6 +100,15 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 finish(e)
         # every rank reports exactly once per epoch (Ray's report is a barrier)
         ray.train.report({k: v for k, v in e.metrics.items()}, checkpoint=checkpoint)
+
+    if resume is not None and resume["epoch"] >= cfg.train.epochs:
+        # The run had finished, but its last report was not consumed before the interruption
+        # (pitfalls P10): record the end and report the final metrics again, on every rank.
+        if rank == 0:
+            save_checkpoint(resume, last_ckpt_dir)
+            finish(None)
+        ray.train.report(dict(history[-1]), checkpoint=None)
+        return {"metrics": history[-1], "mlflow_run_id": tracker.run_id, "history": history}
 
     callbacks = Callbacks(on_log=tracker.log_metrics, on_epoch_end=on_epoch_end,
                           on_epoch_start=lambda ep: _maybe_inject_fault(fault, ep, rank))
