@@ -22,9 +22,10 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_session():
-    """Start one local Ray instance for the whole session and stop it at the end."""
+    """One local Ray instance shared by the tests of a module (only test_runtime.py uses it), stopped
+    when that module ends, so later tests never fork a process that hosts Ray's threads."""
     import ray
 
     started = False

@@ -99,7 +99,7 @@ def _center_worker(rank: int, port: int, cases: list[list[torch.Tensor]], out: d
 def test_center_all_reduce_equals_concatenated_mean_two_gloo_processes():
     torch.manual_seed(0)
     cases = [[torch.randn(n, 4) for n in sizes] for sizes in ((3, 3), (2, 5))]  # equal, unequal
-    out = mp.Manager().dict()
+    out = mp.get_context("spawn").Manager().dict()
     mp.spawn(_center_worker, args=(_free_port(), cases, out), nprocs=2, join=True)
     for n, chunks in enumerate(cases):
         expected = 0.9 * torch.ones(1, 4) + 0.1 * torch.cat(chunks).mean(0, keepdim=True)

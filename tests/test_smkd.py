@@ -424,7 +424,7 @@ def test_ddp_two_gloo_processes_no_unused_parameters():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    out = mp.Manager().dict()
+    out = mp.get_context("spawn").Manager().dict()  # no fork of a process that may host Ray
     mp.spawn(_ddp_worker, args=(port, out), nprocs=2, join=True)
     for n in range(2):
         torch.testing.assert_close(out[(n, 0)][0], out[(n, 1)][0])   # grads all-reduced
