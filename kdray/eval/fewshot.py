@@ -104,6 +104,12 @@ def extract_features(fn: Callable[[Tensor], Tensor], dataset: Dataset, *, batch_
     return _gather_strided(f, y, len(dataset))  # type: ignore[arg-type]
 
 
+def _targets(dataset: Dataset) -> np.ndarray | None:
+    """Every item's label without loading images (datasets exposing ``targets``), else None."""
+    t = getattr(dataset, "targets", None)
+    return None if t is None else np.asarray(t, dtype=np.int64).reshape(-1)
+
+
 def _classifier(classifier: str | Classifier) -> Classifier:
     if callable(classifier):
         return classifier
@@ -168,10 +174,20 @@ class FewShotEvaluator:
         """Evaluate ``method.features``; the method is left in the train/eval mode it came in."""
         was_training = method.training
         method.eval()
+        targets = _targets(self.dataset)
+        used = None if targets is None else self._used_indices(targets)
         try:
-            feats, labels = extract_features(method.features, self.dataset,
-                                             batch_size=self.ecfg.batch_size, device=device,
-                                             num_workers=self.cfg.data.loader_workers)
+            if used is None:
+                feats, labels = extract_features(method.features, self.dataset,
+                                                 batch_size=self.ecfg.batch_size, device=device,
+                                                 num_workers=self.cfg.data.loader_workers)
+            else:  # embed only the images some episode draws; the rest stay zero, never read
+                sub, _ = extract_features(method.features, Subset(self.dataset, used.tolist()),
+                                          batch_size=self.ecfg.batch_size, device=device,
+                                          num_workers=self.cfg.data.loader_workers)
+                feats = sub.new_zeros(len(targets), sub.shape[1])
+                feats[torch.from_numpy(used)] = sub
+                labels = torch.from_numpy(targets)
         finally:
             method.train(was_training)
         metrics: dict[str, float] = {}
@@ -186,6 +202,23 @@ class FewShotEvaluator:
                     metrics[base], metrics[f"{base}_ci95"] = stats["acc"], stats["ci95"]
                 records.extend(rows[name])
         return EvalResult(metrics=metrics, records={"episodes": records})
+
+    def _used_indices(self, targets: np.ndarray) -> np.ndarray | None:
+        """Sorted dataset indices drawn by any episode, or None when (nearly) all are: a short
+        smoke evaluation on a large split then embeds a fraction of it. Episodes depend only on
+        the labels and (seed, way, shot, id), so they are drawn here and again when scoring."""
+        e = self.ecfg
+        if e.queries in ("all", 0):
+            return None
+        if e.episodes * e.ways * (max(e.shots) + int(e.queries)) >= len(targets):
+            return None
+        used = np.zeros(len(targets), dtype=bool)
+        for shot in e.shots:
+            for ep in sample_episodes(targets, way=e.ways, shot=shot, queries=e.queries,
+                                      n=e.episodes, seed=e.seed):
+                used[np.asarray(ep.support_idx)] = True
+                used[np.asarray(ep.query_idx)] = True
+        return np.flatnonzero(used)
 
     def _score_shot(self, feats: Tensor, labels: np.ndarray, shot: int) -> dict[str, list[dict]]:
         """Episode records per classifier, in episode-id order, identical on every rank."""
