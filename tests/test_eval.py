@@ -211,6 +211,40 @@ def test_fewshot_evaluator_single_process() -> None:
     assert method.training
 
 
+class _Labelled(TensorDataset):
+    """A dataset exposing `targets`, so the evaluator can draw episodes before embedding."""
+
+    @property
+    def targets(self) -> list[int]:
+        return self.tensors[1].tolist()
+
+
+def test_short_evaluation_embeds_only_drawn_images_with_the_same_result() -> None:
+    cfg = _config().override({"eval.episodes": 2})     # 2 x 3-way x (2 + 4) = 36 draws < 101
+    plain = _data()
+    labelled = _Labelled(*plain.tensors)
+    method = _method().eval()
+    seen: list[int] = []
+    features = method.features
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        seen.append(len(x))
+        return features(x)
+
+    method.features = counting
+    full = FewShotEvaluator(cfg, plain)(method, "cpu")
+    assert sum(seen) == N_IMAGES
+    seen.clear()
+    short = FewShotEvaluator(cfg, labelled)(method, "cpu")
+    drawn = set()
+    for shot in (1, 2):
+        for e in sample_episodes(plain.tensors[1].numpy(), way=3, shot=shot, queries=4, n=2,
+                                 seed=3):
+            drawn |= set(e.support_idx.tolist()) | set(e.query_idx.tolist())
+    assert sum(seen) == len(drawn) < N_IMAGES
+    assert short.metrics == full.metrics and short.records == full.records
+
+
 def test_top1_evaluator_by_hand() -> None:
     data, method = _data(), _method()
     method.eval()
