@@ -328,3 +328,22 @@ def test_check_data_batch_geometry_and_class_counts() -> None:
     expected = {"synthetic_fs": 64, "omniglot": 4112, "cifar10": 10, "cifar100": 100,
                 "cifar_fs": 64, "fc100": 60, "mini_imagenet": 64, "imagenet": 1000}
     assert {n: num_train_classes(base.override({"data.dataset": n})) for n in DATASETS} == expected
+
+
+def test_cache_never_written_into_a_read_only_data_folder(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only (mode r-x) data root stays untouched even for root; caches go to
+    KDRAY_CACHE_DIR. A writable root gets the cache beside the data."""
+    from kdray.config import DataConfig
+    from kdray.data.base import cache_dir
+
+    shared, writable = tmp_path / "shared", tmp_path / "mine"
+    shared.mkdir()
+    shared.chmod(0o555)
+    monkeypatch.setenv("KDRAY_CACHE_DIR", str(tmp_path / "cache"))
+    try:
+        assert cache_dir(DataConfig(root=str(shared)), "cifar10_jpg") == tmp_path / "cache" / "cifar10_jpg"
+        assert list(shared.iterdir()) == []
+    finally:
+        shared.chmod(0o755)
+    assert cache_dir(DataConfig(root=str(writable / "deep")), "x") == writable / "deep" / "x"

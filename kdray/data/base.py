@@ -130,12 +130,21 @@ def data_roots(cfg: DataConfig) -> list[Path]:
     return roots
 
 
+def _writable(folder: Path) -> bool:
+    """Writable for us *and* not marked read-only: a read-only shared data folder stays untouched
+    even for root, whom os.access lets write anywhere."""
+    return os.access(folder, os.W_OK) and bool(folder.stat().st_mode & 0o222)
+
+
 def cache_dir(cfg: DataConfig, name: str) -> Path:
     """A writable folder for derived files of dataset `name` (see module docstring)."""
     preferred = Path(cfg.root).expanduser() / name
     with contextlib.suppress(OSError):
-        preferred.mkdir(parents=True, exist_ok=True)
-        if os.access(preferred, os.W_OK):
+        if not preferred.exists():
+            existing = next(p for p in preferred.parents if p.exists())
+            if _writable(existing):
+                preferred.mkdir(parents=True, exist_ok=True)
+        if preferred.is_dir() and _writable(preferred):
             return preferred
     fallback = Path(os.environ.get("KDRAY_CACHE_DIR", "~/.cache/kdray")).expanduser() / name
     fallback.mkdir(parents=True, exist_ok=True)
