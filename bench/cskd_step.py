@@ -12,19 +12,20 @@ Random images and random weights (speed only); forward + backward + AdamW step p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
-import time
 
 import torch
+from _steps import StepRunner  # bench/_steps.py
 
 import kdray.methods.cskd as cskd_module
 from kdray.config import ExperimentConfig
-from kdray.engine.loop import seed_all
-from kdray.methods import build_method
 from kdray.modules.backbones import Classifier, build_backbone
 from kdray.modules.dense import DenseTeacher
-from kdray.types import Batch, Step
+
+
+def adamw(params):
+    return torch.optim.AdamW(params, lr=1e-4)
+
 
 PRESETS = {
     "cpu": {"model.arch": "vit_micro_p4_32", "model.teacher_arch": "conv3", "data.image_size": 32,
@@ -51,41 +52,6 @@ def random_teacher(cfg: ExperimentConfig, num_classes: int) -> DenseTeacher:
     return DenseTeacher(net).requires_grad_(False).eval()
 
 
-class Runner:
-    """One method, its optimizer and a fixed random batch; `run(n)` times n training steps."""
-
-    def __init__(self, cfg: ExperimentConfig, classes: int, batch: int, device: torch.device):
-        seed_all(0)
-        self.method = build_method(cfg, classes).to(device).train()
-        if device.type == "cuda":
-            self.method = self.method.to(memory_format=torch.channels_last)
-        params = [p for g in self.method.param_groups(0.05) for p in g["params"]]
-        self.opt = torch.optim.AdamW(params, lr=1e-4)
-        size = cfg.data.image_size
-        self.batch = Batch(views=[torch.randn(batch, 3, size, size, device=device)],
-                           labels=torch.randint(0, classes, (batch,), device=device))
-        self.device = device
-        self.it = 0
-
-    def run(self, steps: int) -> float:
-        """Images per second over `steps` forward + backward + optimizer steps."""
-        cuda = self.device.type == "cuda"
-        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            with amp:
-                out = self.method(self.batch, Step(it=self.it, epoch=0, total_its=10**6))
-            out["loss"].backward()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.it += 1
-        if cuda:
-            torch.cuda.synchronize()
-        return len(self.batch) * steps / (time.perf_counter() - t0)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -107,7 +73,8 @@ def main() -> None:
     base = ExperimentConfig().override({"method": "cskd", **pre})
     print(f"{a.preset}: student {pre['model.arch']}, teacher {pre['model.teacher_arch']}, "
           f"{pre['data.image_size']} px, batch {batch}, {torch.get_num_threads()} threads")
-    runners = {label: Runner(base.override(over), classes, batch, device)
+    runners = {label: StepRunner(base.override(over), classes, batch, device, adamw,
+                                 channels_last=device.type == "cuda")
                for label, over in ROWS.items()}
     for r in runners.values():
         r.run(a.warmup)

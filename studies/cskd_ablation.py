@@ -6,12 +6,10 @@ TPE search (ASHA) over w_cskd, a and the schedule. Writes results/cskd_ablation_
     python studies/cskd_ablation.py --preset imagenet   # DeiT-Ti + RegNetY-16GF (also imagenet_s/_b)
 """
 
-from dataclasses import replace
-
 from kdray.config import ExperimentConfig
 from kdray.presets import cskd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import run_stage
+from kdray.runtime.stages import study_stage
 from kdray.runtime.study import Row, Study
 
 
@@ -33,13 +31,11 @@ def with_teacher(study: Study, args) -> Study:
     if args.preset != "smoke" or study.base.model.teacher_ckpt:
         return study
     cfg = study.base.override({**P.SMOKE_TEACHER, "name": f"{study.name}-teacher"})
-    stage = run_stage(cfg, f"{study.name}-teacher", storage_path=args.storage_path,
-                      tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)
+    stage = study_stage(study, args, cfg, "teacher")
     acc = stage.metrics.get("val/top1", float("nan"))
     print(f"[kdray] teacher {cfg.model.arch}: top-1 {acc:.2f}% ({stage.checkpoint})")
-    return replace(study, base=study.base.override({"model.teacher_ckpt": stage.checkpoint}),
-                   description=study.description + f" Teacher {cfg.model.arch}: top-1 {acc:.2f}% "
-                   f"(full test split).")
+    return study.starting_from("model.teacher_ckpt", stage.checkpoint,
+                               f"Teacher {cfg.model.arch}: top-1 {acc:.2f}% (full test split).")
 
 
 if __name__ == "__main__":

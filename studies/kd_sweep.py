@@ -3,11 +3,9 @@
     python studies/kd_sweep.py --preset smoke      # generated few-shot data, CPU, a few minutes
 """
 
-from dataclasses import replace
-
 from kdray.config import ExperimentConfig
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import run_stage
+from kdray.runtime.stages import study_stage
 from kdray.runtime.study import Row, Study
 from kdray.search import Float
 
@@ -39,10 +37,9 @@ def build(preset: str) -> Study:
 def with_teacher(study: Study, args) -> Study:
     teacher_cfg = study.base.override({"method": "ce", "model.arch": study.base.model.teacher_arch,
                                        "name": f"{study.name}-teacher"})
-    stage = run_stage(teacher_cfg, f"{study.name}-teacher", storage_path=args.storage_path,
-                      tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)
+    stage = study_stage(study, args, teacher_cfg, "teacher")
     print(f"[kdray] teacher metrics: { {k: round(v, 2) for k, v in stage.metrics.items()} }")
-    return replace(study, base=study.base.override({"model.teacher_ckpt": stage.checkpoint}))
+    return study.starting_from("model.teacher_ckpt", stage.checkpoint, "")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,10 @@ Writes results/smkd_ablation_<preset>.md.
     python studies/smkd_ablation.py --preset cifar_fs   # paper settings (also fc100, mini_imagenet)
 """
 
-from dataclasses import replace
-
 from kdray.config import ExperimentConfig
 from kdray.presets import smkd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import run_stage
+from kdray.runtime.stages import study_stage
 from kdray.runtime.study import Row, Study
 
 
@@ -45,14 +43,13 @@ def with_phase1(study: Study, args) -> Study:
     if study.base.train.init_from:
         return study
     cfg = phase1_config(study, args.preset)
-    stage = run_stage(cfg, f"{study.name}-phase1", storage_path=args.storage_path,
-                      tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)
+    stage = study_stage(study, args, cfg, "phase1")
     m = stage.metrics
     acc = (f"{m.get('val/acc_5w1s', float('nan')):.2f} / {m.get('val/acc_5w5s', float('nan')):.2f}"
            f" after {cfg.train.epochs} epochs")
     print(f"[kdray] phase 1 (iBOT): 5w1s / 5w5s {acc} ({stage.checkpoint})")
-    return replace(study, base=study.base.override({"train.init_from": stage.checkpoint}),
-                   description=study.description + f" Phase-1 stage itself: {acc}.")
+    return study.starting_from("train.init_from", stage.checkpoint,
+                               f"Phase-1 stage itself: {acc}.")
 
 
 if __name__ == "__main__":

@@ -10,9 +10,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kdray.config import ExperimentConfig
 from kdray.engine.checkpoint import CKPT_NAME
+
+if TYPE_CHECKING:
+    from kdray.runtime.study import Study
 
 log = logging.getLogger(__name__)
 
@@ -54,3 +58,10 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
         json.dump({"checkpoint": ckpt, "metrics": res.metrics, "config": cfg.to_dict(),
                    "mlflow_run_id": res.mlflow_run_id}, f, indent=2)
     return StageResult(ckpt, res.metrics, res.mlflow_run_id, False)
+
+
+def study_stage(study: Study, args: Any, cfg: ExperimentConfig, suffix: str) -> StageResult:
+    """`run_stage` from a study's `before` hook: stage "<study>-<suffix>", tracked in the study's
+    MLflow experiment, stored and run where the study's flags (`args`) say."""
+    return run_stage(cfg, f"{study.name}-{suffix}", storage_path=args.storage_path,
+                     tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from kdray.config import ConfigError, ExperimentConfig
@@ -76,6 +76,12 @@ class Study:
         if SEED_KEY in params:
             over["seed"] = int(params[SEED_KEY])
         return self.base.override(over)
+
+    def starting_from(self, key: str, checkpoint: str, note: str) -> Study:
+        """This study with every trial starting from a stage's `checkpoint` (config `key`, e.g.
+        train.init_from or model.teacher_ckpt) and `note` appended to the description."""
+        return replace(self, base=self.base.override({key: checkpoint}),
+                       description=f"{self.description} {note}".strip())
 
     def row(self, label: str) -> Row:
         for r in self.rows:

@@ -1,0 +1,57 @@
+"""Shared by the method benchmarks: time training steps of one method on a fixed batch."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import torch
+
+from kdray.engine.loop import seed_all
+from kdray.methods import build_method
+from kdray.types import Batch, Step
+
+
+class StepRunner:
+    """One method, its optimizer and a fixed random batch; `run(n)` times n training steps
+    (forward + backward + optimizer step; bf16 autocast on CUDA).
+
+    Args:
+        cfg: the method's config (`build_method(cfg, classes)`).
+        classes: number of classes (random labels in [0, classes)).
+        batch: images per step.
+        device: where to run.
+        optimizer: (params) -> torch optimizer.
+        channels_last: convert the method and the images to channels-last (CUDA CNNs).
+    """
+
+    def __init__(self, cfg, classes: int, batch: int, device: torch.device, optimizer,
+                 *, channels_last: bool = False) -> None:
+        seed_all(0)
+        self.method = build_method(cfg, classes).to(device).train()
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.method = self.method.to(memory_format=fmt)
+        params = [p for g in self.method.param_groups(0.0) for p in g["params"]]
+        self.opt = optimizer(params)
+        size = cfg.data.image_size
+        x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
+        self.batch = Batch(views=[x], labels=torch.randint(0, classes, (batch,), device=device))
+        self.device, self.it = device, 0
+
+    def run(self, steps: int) -> float:
+        """Input images per second over `steps` training steps."""
+        cuda = self.device.type == "cuda"
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with amp:
+                out = self.method(self.batch, Step(it=self.it, epoch=0, total_its=10**6))
+            out["loss"].backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            self.it += 1
+        if cuda:
+            torch.cuda.synchronize()
+        return len(self.batch) * steps / (time.perf_counter() - t0)
