@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kdray.config import ConfigError, check_choice
-from kdray.data import cifar, imagenet, mini_imagenet, omniglot, synthetic
+from kdray.data import cifar, fscil, imagenet, mini_imagenet, omniglot, synthetic
 from kdray.data.base import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DatasetSpec, ImageDataset
 
 if TYPE_CHECKING:
@@ -43,6 +43,15 @@ DATASETS: dict[str, DatasetSpec] = {
         num_classes=imagenet.num_classes, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1],
         native_size=224, eval_crop=0.875),  # DeiT: resize 256, centre-crop 224
 }
+# FSCIL protocols (kdray.data.fscil): splits base / train / test, labels = protocol class ids
+_FSCIL_STATS = {"fscil_cifar100": (CIFAR100_STATS, 32, 1.0), "fscil_cifar10": (CIFAR10_STATS, 32, 1.0),
+                "fscil_synthetic": (synthetic.STATS, synthetic.SIZE, 1.0),
+                "fscil_mini_imagenet": (IMAGENET_STATS, 84, 84 / 92),  # CEC: resize 92, crop 84
+                "fscil_cub200": (IMAGENET_STATS, 224, 0.875)}          # CEC: resize 256, crop 224
+DATASETS.update({name: DatasetSpec(
+    name=name, splits=fscil.SPLITS, build=fscil.build, locate=fscil.locate,
+    num_classes=fscil.num_classes, mean=st[0], std=st[1], native_size=size, eval_crop=crop)
+    for name, (st, size, crop) in _FSCIL_STATS.items()})
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -99,6 +108,8 @@ def check_data(cfg: ExperimentConfig) -> None:
     if cfg.eval.kind == "fewshot" and spec.num_classes(d, cfg.eval.split) < cfg.eval.ways:
         raise ConfigError(f"eval.ways={cfg.eval.ways} exceeds the {spec.num_classes(d, cfg.eval.split)}"
                           f" classes of split {cfg.eval.split!r} of {d.dataset}")
+    if cfg.eval.kind == "fscil":
+        fscil.protocol_for(d)  # the FSCIL evaluator needs an FSCIL dataset
     spec.locate(d, splits)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kdray.eval.fewshot import EvalResult, FewShotEvaluator
+from kdray.eval.fscil import FscilEvaluator
 from kdray.eval.top1 import Top1Evaluator
 
 if TYPE_CHECKING:
@@ -16,17 +17,19 @@ if TYPE_CHECKING:
 
     from kdray.config import ExperimentConfig
 
-__all__ = ["EvalResult", "FewShotEvaluator", "Top1Evaluator", "build_evaluator"]
+__all__ = ["EvalResult", "FewShotEvaluator", "FscilEvaluator", "Top1Evaluator", "build_evaluator"]
 
 
 def build_evaluator(cfg: ExperimentConfig,
-                    dataset: Dataset) -> FewShotEvaluator | Top1Evaluator | None:
-    """The evaluator for ``cfg.eval.kind`` ("fewshot" | "top1"), or None for "none"."""
+                    dataset: Dataset) -> FewShotEvaluator | Top1Evaluator | FscilEvaluator | None:
+    """The evaluator for ``cfg.eval.kind`` ("fewshot" | "top1" | "fscil"), or None for "none"."""
     kind = cfg.eval.kind
     if kind == "fewshot":
         return FewShotEvaluator(cfg, dataset)
     if kind == "top1":
         return Top1Evaluator(cfg, dataset)
+    if kind == "fscil":
+        return FscilEvaluator(cfg, dataset)
     if kind == "none":
         return None
-    raise ValueError(f"unknown eval.kind {kind!r}; choose fewshot, top1 or none")
+    raise ValueError(f"unknown eval.kind {kind!r}; choose fewshot, top1, fscil or none")

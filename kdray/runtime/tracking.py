@@ -23,7 +23,7 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from kdray.runtime import artifacts
+from kdray.runtime import artifacts, fscil_artifacts
 from kdray.runtime.mlflow_store import (  # noqa: F401 - re-exported
     _SQLITE,
     STATUSES,
@@ -153,6 +153,10 @@ class RunLogger:
                                              epoch=epoch)
             written = artifacts.write_summary_json(result_records, Path(tmp) / "summary.json",
                                                    epoch=epoch, reported=summary)
+            if result_records.get("sessions"):  # FSCIL session table + curve
+                fscil_artifacts.write_sessions_parquet(result_records["sessions"],
+                                                       Path(tmp) / "sessions.parquet", epoch)
+                fscil_artifacts.plot_sessions(result_records["sessions"], Path(tmp) / "sessions.png")
             self.log_dir(tmp, "eval")  # latest, overwritten each evaluation
             self.log_dir(tmp, f"eval/epoch_{int(epoch):03d}")
         return written
