@@ -92,3 +92,56 @@ def mix_targets(labels: Tensor, mix: Mix | None, num_classes: int, smoothing: fl
 def soft_target_ce(logits: Tensor, targets: Tensor) -> Tensor:
     """timm's SoftTargetCrossEntropy: mean over the batch of -sum_c t_c log softmax(s)_c."""
     return torch.sum(-targets * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
+
+
+# ---------------------------------------------------------------------------- pair mixing (M2SD)
+# M2SD (methods.md §5.2) mixes each image with a partner of a *different* class, feeds the same
+# (i, j, lam) to a mixup and a CutMix branch, and keeps the CutMix box fully inside the image.
+def different_class_partner(labels: Tensor, scores: Tensor) -> Tensor:
+    """(B,) partner index j(i) with labels[j] != labels[i], uniform among such rows.
+
+    Args:
+        labels: (B,) class ids.
+        scores: (B, B) i.i.d. uniform draws (from the caller's explicit generator); the partner
+            is the highest-scoring row of another class. A row whose batch holds no other class
+            is paired with itself (its mixed image is the image itself).
+    """
+    other = labels[:, None] != labels[None, :]
+    masked = torch.where(other, scores, torch.full_like(scores, -1.0))
+    j = masked.argmax(dim=1)
+    return torch.where(other.any(dim=1), j, torch.arange(len(labels), device=labels.device))
+
+
+def inside_cutmix_box(rng: np.random.RandomState, height: int, width: int, lam: float
+                      ) -> tuple[tuple[int, int, int, int], float]:
+    """A box of side ~(H√(1-lam), W√(1-lam)) placed uniformly *inside* the image, and lam
+    recomputed from its integer area (1 - box area / image area).
+
+    Returns:
+        ((y0, y1, x0, x1), lam) with 0 <= y0 <= y1 <= H and 0 <= x0 <= x1 <= W.
+    """
+    ratio = np.sqrt(max(0.0, 1.0 - lam))
+    cut_h, cut_w = int(round(height * ratio)), int(round(width * ratio))
+    y0 = int(rng.randint(0, height - cut_h + 1))  # centre ~ U(r_h/2, H - r_h/2), on the grid
+    x0 = int(rng.randint(0, width - cut_w + 1))
+    box = (y0, y0 + cut_h, x0, x0 + cut_w)
+    return box, 1.0 - cut_h * cut_w / float(height * width)
+
+
+def pair_mixup(x: Tensor, partner: Tensor, lam: float) -> Tensor:
+    """lam * x + (1 - lam) * x[partner]: (B, C, H, W)."""
+    return lam * x + (1.0 - lam) * x[partner]
+
+
+def pair_cutmix(x: Tensor, partner: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    """x with the box (y0, y1, x0, x1) taken from x[partner]: (B, C, H, W)."""
+    y0, y1, x0, x1 = box
+    out = x.clone()
+    out[:, :, y0:y1, x0:x1] = x[partner][:, :, y0:y1, x0:x1]
+    return out
+
+
+def pair_targets(labels: Tensor, partner: Tensor, lam: float, num_classes: int) -> Tensor:
+    """Soft labels lam * onehot(y_i) + (1 - lam) * onehot(y_j): (B, num_classes)."""
+    y = F.one_hot(labels, num_classes).float()
+    return lam * y + (1.0 - lam) * y[partner]

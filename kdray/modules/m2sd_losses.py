@@ -1,0 +1,39 @@
+"""Pure loss functions of M2SD (methods.md §5.2): symmetric KL, KL to a soft label, attention
+transfer (Zagoruyko & Komodakis, ICLR 2017, p = 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def kl_div(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(p ‖ q) of softmax(·/T) distributions, batch mean, scaled by T² (Hinton's convention).
+
+    Args:
+        p_logits, q_logits: (B, C) logits.
+    """
+    log_p = F.log_softmax(p_logits.float() / temperature, dim=-1)
+    log_q = F.log_softmax(q_logits.float() / temperature, dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean() * temperature**2
+
+
+def symmetric_kl(a_logits: Tensor, b_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(a ‖ b) + KL(b ‖ a) (Eq. L_KL^v), gradients through both sides."""
+    return kl_div(a_logits, b_logits, temperature) + kl_div(b_logits, a_logits, temperature)
+
+
+def attention_map(feat: Tensor) -> Tensor:
+    """(B, C, H, W) -> (B, H·W): L2-normalised Σ_c F_c² (channel mean and sum normalise alike)."""
+    return F.normalize(feat.float().pow(2).sum(dim=1).flatten(1), dim=1)
+
+
+def at_loss(t_feats: Sequence[Tensor], s_feats: Sequence[Tensor]) -> Tensor:
+    """Σ_levels batch-mean ‖at(T_i) − at(φ_i)‖²₂; map pairs must share their spatial size."""
+    total = torch.zeros((), device=s_feats[0].device)
+    for t, s in zip(t_feats, s_feats, strict=True):
+        total = total + (attention_map(t) - attention_map(s)).pow(2).sum(dim=1).mean()
+    return total
