@@ -31,12 +31,23 @@ def tiny_config(name: str, tmp_path) -> ExperimentConfig:
         torch.save({"model": {"student": build_student(teacher_cfg, NUM_CLASSES).state_dict()}}, path)
         over.update({"model.arch": "vit_nano_p4_32", "model.teacher_arch": "conv3",
                      "model.teacher_ckpt": str(path)})
+    if name in ("sskd", "sskd_teacher"):  # conv2 teacher; sskd reads a T2 (teacher + SS head) file
+        teacher = build_student(ExperimentConfig().override({"model.arch": "conv2"}), NUM_CLASSES)
+        path = tmp_path / "sskd_teacher.pt"
+        model = {"student": teacher.state_dict()}
+        if name == "sskd":
+            from kdray.methods.sskd import ss_head
+            model = {"teacher": teacher.state_dict(), "ss_head": ss_head(32).state_dict()}
+        torch.save({"model": model}, path)
+        over.update({"model.teacher_arch": "conv2", "model.teacher_ckpt": str(path)})
     if name == "smkd":
         over.update({"model.arch": "vit_nano_p4_32", "data.image_size": 32, "data.local_size": 16,
                      "data.augment": "multicrop", "data.local_crops": 2, "data.mask_prob": 0.5,
                      "method_cfg.phase": "supervised", "method_cfg.allow_scratch": True,
                      "method_cfg.out_dim": 64, "method_cfg.hidden_dim": 32,
                      "method_cfg.bottleneck_dim": 16, "method_cfg.w_mim": 1.0})
+    if name == "m2sd":  # needs per-stage maps: the smallest CIFAR ResNet
+        over["model.arch"] = "resnet8"
     return ExperimentConfig().override(over)
 
 

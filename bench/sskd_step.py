@@ -1,0 +1,94 @@
+"""Cost of an SSKD student step (normal view + 3 rotations = 4 views per image) against a plain
+KD step (1 view) on the same teacher/student pair.
+
+SSKD runs student and teacher on 4x the images, adds the SS modules, a (3B x B) similarity
+matrix and the rank-based selection, so expect roughly 4x fewer source images per second than
+KD. Random images and random weights (speed only); forward + backward + SGD step per iteration.
+Throughput counts source images (one image = 4 forwards for SSKD).
+
+    python bench/sskd_step.py                  # CPU: wrn_16_2 -> wrn_16_1, 32 px, batch 16
+    python bench/sskd_step.py --gpu            # resnet32x4 -> resnet8x4, batch 64 x 4 views,
+                                               # channels-last + bf16 autocast (CUDA only)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+from _steps import StepRunner  # bench/_steps.py
+
+from kdray.config import ExperimentConfig
+from kdray.methods.ce import build_student
+from kdray.methods.sskd import ss_head
+
+PRESETS = {
+    "cpu": {"model.arch": "wrn_16_1", "model.teacher_arch": "wrn_16_2", "batch": 16},
+    "gpu": {"model.arch": "resnet8x4", "model.teacher_arch": "resnet32x4", "batch": 64},
+}
+ROWS = {"KD (1 view)": {"method_cfg.w_ss": 0.0, "method_cfg.w_tf": 0.0},
+        "KD + L_T (4 views)": {"method_cfg.w_ss": 0.0},
+        "SSKD (4 views)": {}}
+CLASSES = 100
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9)
+
+
+def random_teacher_file(arch: str, folder: str) -> str:
+    """A T2-format checkpoint (classifier + SS module) with random weights."""
+    cls = build_student(ExperimentConfig().override({"model.arch": arch}), CLASSES)
+    path = str(Path(folder) / f"{arch}_random_t2.pt")
+    torch.save({"model": {"teacher": cls.state_dict(),
+                          "ss_head": ss_head(cls.backbone.num_features).state_dict()}}, path)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help="resnet32x4 -> resnet8x4 on CUDA, bf16")
+    p.add_argument("--steps", type=int, default=5, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--batch", type=int, default=None, help="source images per step")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    pre = dict(PRESETS["gpu" if a.gpu else "cpu"])
+    batch = a.batch or pre.pop("batch")
+    pre.pop("batch", None)
+    device = torch.device("cuda" if a.gpu else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        base = ExperimentConfig().override({
+            "method": "sskd", **pre, "data.image_size": 32,
+            "model.teacher_ckpt": random_teacher_file(pre["model.teacher_arch"], tmp)})
+        print(f"{'gpu' if a.gpu else 'cpu'}: student {pre['model.arch']}, teacher "
+              f"{pre['model.teacher_arch']}, 32 px, batch {batch} images, "
+              f"{torch.get_num_threads()} threads")
+        runners = {label: StepRunner(base.override(over), CLASSES, batch, device, sgd,
+                                     channels_last=a.gpu)
+                   for label, over in ROWS.items()}
+    for r in runners.values():
+        r.run(a.warmup)
+    # interleaved rounds, median per setting: robust to drifting load on a shared machine
+    samples: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(a.rounds):
+        for label, r in runners.items():
+            samples[label].append(r.run(a.steps))
+    res = {label: statistics.median(v) for label, v in samples.items()}
+    for label, v in res.items():
+        print(f"  {label:22s} {v:9.1f} images/s (median of {a.rounds} rounds of {a.steps} steps)")
+    ref = res["KD (1 view)"]
+    for label in ("KD + L_T (4 views)", "SSKD (4 views)"):
+        print(f"  {label} / KD: {res[label] / ref:.3f}x throughput")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""SSKD (ECCV 2020) ablation: CE only, KD, KD + L_T, KD + L_ss, selective-transfer ratios
+{0, 0.25, 0.5, 1.0} and full SSKD (ratio 0.75), then a TPE search (ASHA) over w_ss, w_tf, tau_ss
+and ratio_ss. The teacher (T1, method ce) and its SS module (T2, method sskd_teacher) are trained
+first as tracked stages and registered with a card (checksum, arch, dataset, accuracy).
+Writes results/sskd_ablation_<preset>.md.
+
+    python studies/sskd_ablation.py --preset smoke      # CIFAR-10, conv4 -> conv2, CPU, minutes
+    python studies/sskd_ablation.py --preset cifar100   # WRN-40-2 -> WRN-16-2, 240 epochs
+    python studies/sskd_ablation.py --preset cifar100 --set model.teacher_arch=resnet32x4 \
+        --set model.arch=shufflenetv1                   # any pair of the paper's table
+    python studies/sskd_ablation.py --preset imagenet --set model.teacher_ckpt=resnet34.pth
+                                                        # timm resnet34 -> resnet18, T2 only
+"""
+
+import os
+from dataclasses import replace
+
+from kdray.config import ExperimentConfig
+from kdray.methods.sskd import teacher_states
+from kdray.methods.teacher_registry import write_card
+from kdray.presets import sskd as P
+from kdray.runtime.cli_study import main
+from kdray.runtime.stages import study_stage
+from kdray.runtime.study import Row, Study
+
+
+def build(preset: str) -> Study:
+    base = ExperimentConfig(method="sskd", name=f"sskd_ablation_{preset}").override(
+        P.PRESETS[preset])
+    samples, grace, factor = P.SEARCH[preset]
+    t, s = base.model.teacher_arch, base.model.arch
+    return Study(
+        name=f"sskd_ablation_{preset}", base=base, metric="val/top1", mode="max",
+        rows=tuple(Row(label, over, P.paper_number(key, t, s, preset))
+                   for label, key, over in P.ROWS),
+        space=dict(P.SPACE), num_samples=samples, grace_period=grace, reduction_factor=factor,
+        columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
+        description="SSKD (CNN teacher -> CNN student): ablation ladder, then a TPE search. "
+                    "Paper column: CIFAR-100 top-1 of the same pair (methods.md §3.6).")
+
+
+def with_teacher(study: Study, args) -> Study:
+    """Train T1 (unless model.teacher_ckpt is given) and T2 (unless that checkpoint already has an
+    SS module), register the teacher, and set the pair's learning rate and paper numbers."""
+    preset, base = args.preset, study.base
+    t_arch, s_arch = base.model.teacher_arch, base.model.arch
+    if base.optim.lr == float(P.PRESETS[preset]["optim.lr"]):  # not set on the command line
+        base = base.override({"optim.lr": P.lr_for(s_arch, preset)})
+    rows = tuple(replace(r, paper=P.paper_number(k, t_arch, s_arch, preset))
+                 for r, (_, k, _) in zip(study.rows, P.ROWS))
+    study = replace(study, base=base, rows=rows)
+    given = base.model.teacher_ckpt
+    if given and teacher_states(given)[1] is not None:
+        return study  # a finished T2 checkpoint: nothing to train
+    if not given:  # T1; a given classifier checkpoint (e.g. torchvision weights) skips it
+        t1 = base.override({**P.TEACHER[preset], "model.arch": t_arch, "model.teacher_arch": "",
+                            "optim.lr": P.lr_for(t_arch, preset), "name": f"{study.name}-t1"})
+        given = study_stage(study, args, t1, f"t1-{t_arch}").checkpoint
+    t2 = base.override({**P.SS_HEAD[preset], "model.teacher_ckpt": given,
+                        "optim.lr": P.lr_for(t_arch, preset), "name": f"{study.name}-t2",
+                        "method_cfg.transforms": base.method_cfg.transforms})
+    r2 = study_stage(study, args, t2, f"t2-{t_arch}")
+    acc = r2.metrics.get("val/top1", float("nan"))
+    card = write_card(r2.checkpoint, arch=t_arch, dataset=base.data.dataset,
+                      num_classes=_classes(base), top1=acc, eval_split=base.eval.split,
+                      ss_transforms=base.method_cfg.transforms,
+                      ss_acc=r2.metrics.get("train/ss_acc", -1.0),
+                      registry=os.path.join(args.results_dir, "teachers.json"))
+    print(f"[kdray] teacher {t_arch}: top-1 {acc:.2f}%, SS accuracy {card.ss_acc:.1f}% "
+          f"({r2.checkpoint}, sha256 {card.sha256[:12]})")
+    paper_t = P.paper_number("teacher", t_arch, s_arch, preset)
+    # preflight re-measures the registered teacher before any row starts (5-point slack: it
+    # scores method_cfg.teacher_eval_items images, the card the full split)
+    check = {"model.teacher_ckpt": r2.checkpoint, "method_cfg.require_card": True,
+             "method_cfg.teacher_min_acc": max(0.0, round(acc - 5.0, 2)) if acc == acc else 0.0}
+    return replace(study, base=base.override(check),
+                   description=study.description + f" Teacher {t_arch}: top-1 {acc:.2f}% "
+                   f"(paper {paper_t or 'n/a'}).")
+
+
+def _classes(cfg: ExperimentConfig) -> int:
+    from kdray.data import num_train_classes
+
+    return num_train_classes(cfg)
+
+
+if __name__ == "__main__":
+    main(build, __doc__, list(P.PRESETS), before=with_teacher)
