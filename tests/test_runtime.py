@@ -198,3 +198,28 @@ def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
                 space={"method_cfg.taux": Float(1.0, 8.0)})
     with pytest.raises(ConfigError, match="taux"):
         bad.validate()
+
+
+def test_results_table_adds_across_seed_mean_and_sample_std(tmp_path):
+    """Rows run with several seeds get a second table: mean ± sample std (ddof=1) per row over
+    the finished seeds; searched trials and failed seeds are left out of it."""
+    from kdray.runtime.study import Row, Study, write_results_md
+
+    study = Study(name="s", base=ExperimentConfig(), metric="val/top1",
+                  rows=(Row("CE", {}, "70.0"), Row("KD", {})), columns=(("top-1", "val/top1"),))
+
+    def row(label, seed, top1, status="finished", params=None):
+        return {"label": label, "seed": seed, "params": params or {}, "run_id": None,
+                "metrics": {"val/top1": top1}, "status": status, "paper": "70.0" * (label == "CE"),
+                "epochs": 1}
+
+    rows = [row("CE", 0, 60.0), row("CE", 1, 62.0), row("CE", 2, 67.0),
+            row("KD", 0, 63.0), row("KD", 1, 99.0, status="error"),
+            row("search", 0, 90.0, params={"method_cfg.tau": 2.0})]
+    text = write_results_md(study, rows, str(tmp_path / "s.md"), header={})
+    summary = text.split("Across seeds")[1]
+    # CE: mean 63, sample std sqrt(((-3)^2 + (-1)^2 + 4^2) / 2) = sqrt(13) = 3.61
+    assert "| CE | 0,1,2 | 63.00 ± 3.61 | 70.0 |" in summary
+    assert "| KD | 0 | 63.00 | – |" in summary and "search" not in summary
+    one_seed = write_results_md(study, rows[:1], str(tmp_path / "t.md"), header={})
+    assert "Across seeds" not in one_seed

@@ -183,12 +183,40 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
                      + " | ".join(fmt_ci(r["metrics"], k) for _, k in cols)
                      + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {r['status']} | "
                      f"`{r['run_id'] or '–'}` |")
+    lines += seed_summary(rows, cols)
     lines.append("")
     text = "\n".join(lines)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def seed_summary(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:
+    """Markdown lines of a second table, mean ± sample std (ddof=1) over the finished seeds of
+    each ablation row, when some row has two or more; empty otherwise."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if not r["params"] and r["status"] == "finished":
+            groups.setdefault(r["label"], []).append(r)
+    if max((len(g) for g in groups.values()), default=0) < 2:
+        return []
+    out = ["", "Across seeds (mean ± sample std over finished seeds):", "",
+           "| setting | seeds | " + " | ".join(h for h, _ in cols) + " | paper |",
+           "|---" * (len(cols) + 3) + "|"]
+    for label, g in groups.items():
+        cells = []
+        for _, key in cols:
+            v = [float(r["metrics"][key]) for r in g if r["metrics"].get(key) is not None]
+            if not v:
+                cells.append("–")
+                continue
+            mean = sum(v) / len(v)
+            std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
+            cells.append(f"{mean:.2f} ± {std:.2f}" if len(v) > 1 else f"{mean:.2f}")
+        seeds = ",".join(str(r["seed"]) for r in g)
+        out.append(f"| {label} | {seeds} | " + " | ".join(cells) + f" | {g[0]['paper'] or '–'} |")
+    return out
 
 
 def _short(v: Any) -> str:
