@@ -6,9 +6,9 @@ from its checkpoint. Evaluation is the FSCIL session runner (eval.kind=fscil: pr
 features, cosine), i.e. M2SD's stage 3.
 
 - `smoke`: generated data with the CIFAR-100 protocol shape (fscil_synthetic: 100 classes,
-  60 base + 8 x 5-way 5-shot; 15 train / 3 test images per class), ResNet-20, 32 px, CPU, a few
-  minutes: stage 1 2 x 20 steps of 64 images, stage-2 trials 2 x 5 steps of 32 images (lr 1e-2:
-  too few steps for 1e-3 to move anything).
+  60 base + 8 x 5-way 5-shot; 30 train / 6 test images per class), ResNet-20, 32 px, CPU, ~7
+  minutes on 2 cores: stage 1 4 x 25 steps of 64 images (~3.5 passes over the base session),
+  stage-2 trials 2 x 12 steps of 32 images (lr 1e-2: too few steps for 1e-3 to move anything).
 - `cifar100` (ResNet-20, 32 px), `mini_imagenet` (ResNet-18 from scratch, 84 px), `cub200`
   (ImageNet-pretrained ResNet-18, 224 px). Stage 1 = CEC's base training (SGD Nesterov 0.9, lr
   0.1, wd 5e-4, batch 128, 100 epochs, step milestones CIFAR [60, 70], mini [40, 70], CUB
@@ -26,15 +26,15 @@ _M = "method_cfg."
 
 SMOKE: dict[str, Any] = {
     "data.dataset": "fscil_synthetic", "data.synthetic_classes": 100,
-    "data.synthetic_per_class": 18, "data.train_split": "base", "data.image_size": 32,
+    "data.synthetic_per_class": 36, "data.train_split": "base", "data.image_size": 32,
     "data.batch_size": 32, "data.augment": "basic", "model.arch": "resnet20",
     "optim.name": "sgd", "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
     "train.log_every": 5, "eval.kind": "fscil", "eval.split": "test",
 }
 SMOKE_STAGE1: dict[str, Any] = {"optim.lr": 0.1, "optim.nesterov": True, "data.batch_size": 64,
-                                "train.epochs": 2, "train.steps_per_epoch": 20, "eval.every": 2,
+                                "train.epochs": 4, "train.steps_per_epoch": 25, "eval.every": 4,
                                 "resources.cpus_per_worker": 2}
-SMOKE_STAGE2: dict[str, Any] = {"optim.lr": 1e-2, "train.epochs": 2, "train.steps_per_epoch": 5}
+SMOKE_STAGE2: dict[str, Any] = {"optim.lr": 1e-2, "train.epochs": 2, "train.steps_per_epoch": 12}
 
 
 def _paper(dataset: str, arch: str, size: int, milestones: tuple[float, ...],
