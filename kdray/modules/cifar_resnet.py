@@ -43,7 +43,26 @@ def _stage(cin: int, cout: int, blocks: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class CifarResNet(nn.Module):
+class _Staged(nn.Module):
+    """A stem followed by `stages`; pooled features are the mean of the last stage's map."""
+
+    stem: nn.Module
+    stages: nn.ModuleList
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Per-stage maps (B, c_i, H_i, W_i) of (B, C, H, W) images, in stage order."""
+        out, feats = self.stem(x), []
+        for stage in self.stages:
+            out = stage(out)
+            feats.append(out)
+        return feats
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) images -> (B, num_features) pooled features."""
+        return self.forward_stages(x)[-1].mean(dim=(2, 3))
+
+
+class CifarResNet(_Staged):
     """CIFAR ResNet-`depth` with three stages (strides 1, 2, 2) and global average pooling.
 
     Args:
@@ -74,20 +93,8 @@ class CifarResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Per-stage maps of (B, C, H, W) images: [(B, c1, H, W), (B, c2, H/2, W/2), (B, c3, H/4, W/4)]."""
-        out, feats = self.stem(x), []
-        for stage in self.stages:
-            out = stage(out)
-            feats.append(out)
-        return feats
 
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) images -> (B, num_features) pooled features."""
-        return self.forward_stages(x)[-1].mean(dim=(2, 3))
-
-
-class ResNet18(nn.Module):
+class ResNet18(_Staged):
     """torchvision ResNet-18 without its fc layer, exposing the four stage maps.
 
     Args:
@@ -104,18 +111,6 @@ class ResNet18(nn.Module):
         self.stages = nn.ModuleList([net.layer1, net.layer2, net.layer3, net.layer4])
         self.stage_channels: tuple[int, ...] = (64, 128, 256, 512)
         self.num_features = 512
-
-    def forward_stages(self, x: Tensor) -> list[Tensor]:
-        """Per-stage maps at strides 4, 8, 16, 32 of (B, 3, H, W) images."""
-        out, feats = self.stem(x), []
-        for stage in self.stages:
-            out = stage(out)
-            feats.append(out)
-        return feats
-
-    def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) images -> (B, 512) pooled features."""
-        return self.forward_stages(x)[-1].mean(dim=(2, 3))
 
 
 _NARROW = (16, 16, 32, 64)
