@@ -4,7 +4,6 @@ equal to timm's, repeated augmentation) and a smoke-size CIFAR-10 run of every a
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import random
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers import load_study
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data.samplers import RepeatedAugBatchSampler
@@ -305,18 +305,10 @@ def test_deit_transform_seeded_by_torch_and_restores_global_rngs():
 
 
 # ---------------------------------------------------------------------------- CIFAR-10 smoke
-def _load_study():
-    spec = importlib.util.spec_from_file_location("cskd_ablation",
-                                                  REPO / "studies" / "cskd_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_imagenet_presets_build_and_validate(tmp_path, monkeypatch):
     from kdray.data import DataNotFoundError, check_data
 
-    study = _load_study()
+    study = load_study("cskd_ablation")
     monkeypatch.delenv("KDRAY_DATA_PATH", raising=False)
     for preset, arch, paper in [("imagenet", "deit_tiny", "76.3"), ("imagenet_b", "deit_base",
                                                                      "83.8")]:
@@ -354,7 +346,7 @@ def test_smoke_cifar10_run_reports_every_ablation_row(cifar_root, tmp_path):
     from kdray.engine.runner import run_local, train
     from kdray.runtime.study import write_results_md
 
-    study = _load_study().build("smoke")
+    study = load_study("cskd_ablation").build("smoke")
     small = {"data.root": cifar_root, "train.epochs": 1, "train.steps_per_epoch": 3,
              "data.batch_size": 32, "eval.max_items": 200}
     teacher = study.base.override({"method": "ce", "model.arch": "conv3", **small})
@@ -374,7 +366,7 @@ def test_smoke_cifar10_run_reports_every_ablation_row(cifar_root, tmp_path):
         assert 0.0 <= res.metrics["val/top1"] <= 100.0 and math.isfinite(res.metrics["train/loss"])
         assert ("train/cskd" in res.metrics) == (cfg.method_cfg.w_cskd > 0)
     text = write_results_md(study, rows, str(tmp_path / "cskd_ablation_smoke.md"), header={})
-    for label, _, _ in _load_study().P.ROWS:
+    for label, _, _ in load_study("cskd_ablation").P.ROWS:
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} |"))
         assert line.split("|")[3].strip() not in ("", "–")
     assert "Ti 76.3" in text and "alpha_end=0.5" in text

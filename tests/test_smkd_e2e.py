@@ -4,10 +4,10 @@ study's paper presets (build, validate, pre-flight, missing data named) without 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import load_study
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data import DataNotFoundError
@@ -18,15 +18,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 PAPER_PRESETS = ("cifar_fs", "fc100", "mini_imagenet")
 
 
-def _study_module():
-    spec = importlib.util.spec_from_file_location("smkd_ablation",
-                                                  REPO / "studies" / "smkd_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-S = _study_module()
+S = load_study("smkd_ablation")
 
 
 def smoke_cfg(root: str, **over) -> ExperimentConfig:

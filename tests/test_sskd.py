@@ -5,7 +5,6 @@ presets, and a small CIFAR-10 run where the SSKD student beats the same student 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import load_study
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.engine.loop import seed_all
@@ -362,16 +362,8 @@ def test_cifar10_sskd_student_beats_ce_student(tmp_path, cifar_env):
 
 
 # ---------------------------------------------------------------------------- presets and study
-def _load_study():
-    spec = importlib.util.spec_from_file_location("sskd_ablation",
-                                                  REPO / "studies" / "sskd_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_presets_validate_and_pair_specific_recipe(tmp_path):
-    mod = _load_study()
+    mod = load_study("sskd_ablation")
     for preset in ("smoke", "cifar100"):
         study = mod.build(preset)
         cfgs = study.validate()
@@ -399,7 +391,7 @@ def test_smoke_study_trains_t1_t2_registers_the_teacher_and_runs_rows(tmp_path, 
     from kdray.engine.runner import run_local, train
     from kdray.runtime.stages import StageResult
 
-    mod = _load_study()
+    mod = load_study("sskd_ablation")
     tiny = {"train.epochs": 1, "train.steps_per_epoch": 2, "data.batch_size": 16,
             "eval.max_items": 100, "data.root": cifar_env}
 
@@ -443,4 +435,5 @@ def test_torchvision_resnet_weights_serve_as_a_t1_teacher(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(t2.logits(x), net(x), rtol=1e-4, atol=1e-4)
-    assert _load_study().build("imagenet").row("SSKD full (ratio_ss=0.75)").paper == "71.62"
+    study = load_study("sskd_ablation").build("imagenet")
+    assert study.row("SSKD full (ratio_ss=0.75)").paper == "71.62"
