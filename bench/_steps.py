@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 
 import torch
@@ -55,3 +56,21 @@ class StepRunner:
         if cuda:
             torch.cuda.synchronize()
         return len(self.batch) * steps / (time.perf_counter() - t0)
+
+
+def compare(runners: dict[str, StepRunner], *, ref: str, warmup: int, rounds: int,
+            steps: int) -> dict[str, float]:
+    """Median images/s per runner over interleaved rounds (robust to drifting load on a shared
+    machine); prints each and its throughput relative to runner `ref`."""
+    for r in runners.values():
+        r.run(warmup)
+    samples: dict[str, list[float]] = {label: [] for label in runners}
+    for _ in range(rounds):
+        for label, r in runners.items():
+            samples[label].append(r.run(steps))
+    res = {label: statistics.median(v) for label, v in samples.items()}
+    width = max(map(len, res))
+    for label, v in res.items():
+        print(f"  {label:{width}s} {v:9.1f} images/s ({v / res[ref]:.3f}x {ref}; median of "
+              f"{rounds} rounds of {steps} steps)")
+    return res

@@ -12,10 +12,9 @@ Random images and random weights (speed only); forward + backward + AdamW step p
 from __future__ import annotations
 
 import argparse
-import statistics
 
 import torch
-from _steps import StepRunner  # bench/_steps.py
+from _steps import StepRunner, compare  # bench/_steps.py
 
 import kdray.methods.cskd as cskd_module
 from kdray.config import ExperimentConfig
@@ -76,19 +75,7 @@ def main() -> None:
     runners = {label: StepRunner(base.override(over), classes, batch, device, adamw,
                                  channels_last=device.type == "cuda")
                for label, over in ROWS.items()}
-    for r in runners.values():
-        r.run(a.warmup)
-    # interleaved rounds, median per setting: robust to drifting load on a shared machine
-    samples = {label: [] for label in runners}
-    for _ in range(a.rounds):
-        for label, r in runners.items():
-            samples[label].append(r.run(a.steps))
-    res = {label: statistics.median(v) for label, v in samples.items()}
-    for label, v in res.items():
-        print(f"  {label:32s} {v:9.1f} images/s (median of {a.rounds} rounds of {a.steps} steps)")
-    ref = res["DeiT hard distillation"]
-    for label in ("Cumulative Spatial KD (hard)", "Cumulative Spatial KD (soft)"):
-        print(f"  {label} / DeiT hard distillation: {res[label] / ref:.3f}x throughput")
+    compare(runners, ref="DeiT hard distillation", warmup=a.warmup, rounds=a.rounds, steps=a.steps)
 
 
 if __name__ == "__main__":

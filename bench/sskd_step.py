@@ -14,12 +14,11 @@ Throughput counts source images (one image = 4 forwards for SSKD).
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
-from _steps import StepRunner  # bench/_steps.py
+from _steps import StepRunner, compare  # bench/_steps.py
 
 from kdray.config import ExperimentConfig
 from kdray.methods.ce import build_student
@@ -75,19 +74,7 @@ def main() -> None:
         runners = {label: StepRunner(base.override(over), CLASSES, batch, device, sgd,
                                      channels_last=a.gpu)
                    for label, over in ROWS.items()}
-    for r in runners.values():
-        r.run(a.warmup)
-    # interleaved rounds, median per setting: robust to drifting load on a shared machine
-    samples: dict[str, list[float]] = {label: [] for label in runners}
-    for _ in range(a.rounds):
-        for label, r in runners.items():
-            samples[label].append(r.run(a.steps))
-    res = {label: statistics.median(v) for label, v in samples.items()}
-    for label, v in res.items():
-        print(f"  {label:22s} {v:9.1f} images/s (median of {a.rounds} rounds of {a.steps} steps)")
-    ref = res["KD (1 view)"]
-    for label in ("KD + L_T (4 views)", "SSKD (4 views)"):
-        print(f"  {label} / KD: {res[label] / ref:.3f}x throughput")
+    compare(runners, ref="KD (1 view)", warmup=a.warmup, rounds=a.rounds, steps=a.steps)
 
 
 if __name__ == "__main__":
