@@ -437,3 +437,18 @@ def test_torchvision_resnet_weights_serve_as_a_t1_teacher(tmp_path):
         torch.testing.assert_close(t2.logits(x), net(x), rtol=1e-4, atol=1e-4)
     study = load_study("sskd_ablation").build("imagenet")
     assert study.row("SSKD full (ratio_ss=0.75)").paper == "71.62"
+
+
+def test_smoke_preset_falls_back_to_generated_data(tmp_path, shared_data):
+    """Without ../shared/data the smoke preset classifies generated images (100 classes, the
+    same classes in train and test) instead of failing."""
+    from kdray.data import build_dataset, num_train_classes
+    from kdray.presets.sskd import SMOKE, smoke_data
+
+    assert smoke_data(shared_data)["data.dataset"] == "cifar10"
+    over = {**SMOKE, **smoke_data(tmp_path / "absent"), "data.root": str(tmp_path)}
+    cfg = ExperimentConfig().override(over)
+    train, test = (build_dataset(cfg.data, s) for s in ("train", "test"))
+    assert num_train_classes(cfg) == 100
+    assert set(train.targets) == set(test.targets) == set(range(100))
+    assert (len(train), len(test)) == (3000, 600)
