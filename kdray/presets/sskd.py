@@ -3,9 +3,9 @@ teacher classifier (method `ce`), T2 the teacher's SS module on the frozen teach
 `sskd_teacher`), S the student rows; T1 and T2 run once as tracked stages and are reused.
 
 - `smoke`: CIFAR-10 (the JPEG copy in ../shared/data; generated data where it is absent), conv4
-  teacher -> conv2 student (the kdray few-shot ConvNets) at 16 px, CPU, ~8 minutes on 2 cores: T1 2 x 80 steps of 128 images, T2
-  1 x 20 steps, rows 2 x 50 steps of 64 images x 4 views, evaluation on 1,000 evenly spaced
-  test images. (At 32 px and 20 student steps every row stayed near 20% top-1.)
+  teacher -> conv2 student (the kdray few-shot ConvNets) at 16 px, CPU, ~8 minutes on 2 cores:
+  T1 2 x 80 steps of 128 images, T2 1 x 20 steps, rows 2 x 50 steps of 64 images x 4 views,
+  evaluation on 1,000 evenly spaced test images. (At 32 px and 20 student steps every row stayed near 20% top-1.)
 - `cifar100`: the official recipe (methods.md §3.4): SGD momentum 0.9, weight decay 5e-4, batch
   64 images x 4 views; T1 and S 240 epochs lr 0.05 (0.01 for MobileNet/ShuffleNet students or
   teachers) x0.1 at 150/180/210; T2 60 epochs lr 0.05 x0.1 at 30/45. Default pair WRN-40-2 ->
