@@ -223,3 +223,30 @@ def test_results_table_adds_across_seed_mean_and_sample_std(tmp_path):
     assert "| KD | 0 | 63.00 | – |" in summary and "search" not in summary
     one_seed = write_results_md(study, rows[:1], str(tmp_path / "t.md"), header={})
     assert "Across seeds" not in one_seed
+
+
+def test_stage_reuses_a_finished_run_and_never_resumes_a_different_config(tmp_path, monkeypatch):
+    """run_stage: the same config is trained once and then reused; a changed config trains in a
+    new run folder (Ray Train would otherwise resume the old config's checkpoints)."""
+    import kdray.runtime.fit as fit_module
+    from kdray.runtime.fit import RunResult
+    from kdray.runtime.stages import run_stage
+
+    calls = []
+
+    def fake_fit(cfg, *, run_name, storage_path, **kw):
+        calls.append(run_name)
+        ckpt = Path(storage_path) / run_name / "checkpoint_0"
+        ckpt.mkdir(parents=True)
+        (ckpt / "checkpoint.pt").write_bytes(b"x")
+        return RunResult(metrics={"val/top1": 1.0}, history=[], mlflow_run_id=None,
+                         checkpoint_path=str(ckpt))
+
+    monkeypatch.setattr(fit_module, "fit", fake_fit)
+    cfg = ExperimentConfig(method="ce")
+    first = run_stage(cfg, "teacher", storage_path=str(tmp_path))
+    again = run_stage(cfg, "teacher", storage_path=str(tmp_path))
+    changed = run_stage(cfg.override({"train.epochs": 7}), "teacher", storage_path=str(tmp_path))
+    assert len(calls) == 2 and calls[0] != calls[1] and all(c.startswith("teacher-") for c in calls)
+    assert (first.reused, again.reused, changed.reused) == (False, True, False)
+    assert again.checkpoint == first.checkpoint != changed.checkpoint

@@ -6,6 +6,7 @@ A stage is one `fit` with a stable run name; its final checkpoint path and metri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -48,9 +49,13 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
             log.info("stage %s: reusing %s", name, rec["checkpoint"])
             print(f"[kdray] stage {name}: reusing finished checkpoint {rec['checkpoint']}")
             return StageResult(rec["checkpoint"], rec["metrics"], rec.get("mlflow_run_id"), True)
+    # The run folder is keyed by the config: an interrupted stage resumes its own checkpoints,
+    # a stage whose config changed starts afresh instead of resuming the old run's.
+    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    run_name = f"{name}-{key.hexdigest()[:8]}"
     print(f"[kdray] stage {name}: training {cfg.method} {cfg.model.arch} on {cfg.data.dataset} "
-          f"for {cfg.train.epochs} epochs")
-    res = fit(cfg, run_name=name, storage_path=storage_path, tracking_uri=tracking_uri,
+          f"for {cfg.train.epochs} epochs ({run_name})")
+    res = fit(cfg, run_name=run_name, storage_path=storage_path, tracking_uri=tracking_uri,
               experiment=experiment, address=address, parent_run_id=parent_run_id)
     ckpt = os.path.join(res.checkpoint_path, CKPT_NAME)
     os.makedirs(os.path.dirname(record), exist_ok=True)
