@@ -138,7 +138,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    kind: str = "fewshot"            # fewshot | top1 | fscil (data.dataset fscil_*) | none
+    kind: str = "fewshot"            # fewshot | top1 | fscil (data.dataset fscil_*) | coco | none
     split: str = "test"              # dataset split evaluated (val for model selection)
     every: int = 1                   # epochs between evaluations (the last epoch always evaluates)
     ways: int = 5
@@ -151,7 +151,7 @@ class EvalConfig:
     max_items: int = 0               # top1: 0 = the whole split; > 0 = that many evenly spaced items
 
     def __post_init__(self) -> None:
-        check_choice("eval.kind", self.kind, ("fewshot", "top1", "fscil", "none"))
+        check_choice("eval.kind", self.kind, ("fewshot", "top1", "fscil", "coco", "none"))
         check_range("eval.max_items", self.max_items, 0)
         check_range("eval.every", self.every, 1)
         check_range("eval.ways", self.ways, 2)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from kdray.config import ConfigError, check_choice
 from kdray.data import cifar, fscil, imagenet, mini_imagenet, omniglot, synthetic
 from kdray.data.base import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DatasetSpec, ImageDataset
+from kdray.detection import data as detection_data
 
 if TYPE_CHECKING:
     from kdray.config import DataConfig, ExperimentConfig
@@ -52,6 +53,9 @@ DATASETS.update({name: DatasetSpec(
     name=name, splits=fscil.SPLITS, build=fscil.build, locate=fscil.locate,
     num_classes=fscil.num_classes, mean=st[0], std=st[1], native_size=size, eval_crop=crop)
     for name, (st, size, crop) in _FSCIL_STATS.items()})
+
+
+DATASETS.update(detection_data.SPECS)  # coco128, coco: COCO-format detection (MKD)
 
 
 def get_spec(name: str) -> DatasetSpec:

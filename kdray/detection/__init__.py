@@ -1,5 +1,6 @@
-"""Detection pieces (MKD): COCO box evaluation. Plain PyTorch + pycocotools, no Ray."""
+"""Detection pieces (MKD): COCO data, box evaluation, detectors. Plain PyTorch + pycocotools."""
 
+import kdray.data  # noqa: F401 - first: kdray.data's registry imports kdray.detection.data
 from kdray.detection.coco_eval import (
     METRICS,
     CocoBoxEvaluator,

@@ -30,6 +30,10 @@ def build_evaluator(cfg: ExperimentConfig,
         return Top1Evaluator(cfg, dataset)
     if kind == "fscil":
         return FscilEvaluator(cfg, dataset)
+    if kind == "coco":  # detection (MKD); late import: kdray.detection imports kdray.eval
+        from kdray.detection.evaluator import CocoEvaluator
+
+        return CocoEvaluator(cfg, dataset)
     if kind == "none":
         return None
-    raise ValueError(f"unknown eval.kind {kind!r}; choose fewshot, top1, fscil or none")
+    raise ValueError(f"unknown eval.kind {kind!r}; choose fewshot, top1, fscil, coco or none")
