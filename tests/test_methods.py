@@ -48,6 +48,16 @@ def tiny_config(name: str, tmp_path) -> ExperimentConfig:
                      "method_cfg.bottleneck_dim": 16, "method_cfg.w_mim": 1.0})
     if name == "m2sd":  # needs per-stage maps: the smallest CIFAR ResNet
         over["model.arch"] = "resnet8"
+    if name == "mkd":  # RetinaNet-R18 student and teacher, narrow FPN and decoder, 64 px
+        small = {"method_cfg.fpn_channels": 16, "method_cfg.teacher_fpn_channels": 16,
+                 "method_cfg.decoder_dim": 16, "method_cfg.decoder_heads": 2,
+                 "data.image_size": 64, "model.arch": "resnet18"}
+        teacher = build_method(ExperimentConfig().override(
+            {"method": "mkd", **small, "method_cfg.w_feat": 0.0, "method_cfg.w_global": 0.0}),
+            NUM_CLASSES)
+        path = tmp_path / "mkd_teacher.pt"
+        torch.save({"model": teacher.checkpoint_state()}, path)
+        over.update({**small, "model.teacher_ckpt": str(path)})
     return ExperimentConfig().override(over)
 
 
@@ -63,7 +73,11 @@ def tiny_batch(cfg: ExperimentConfig, b: int = 8) -> Batch:
         n = s // d.patch_size
         masks = [torch.rand(b, n, n, generator=g) < 0.4 for _ in range(d.global_crops)]
     labels = torch.tensor([0, 1, 2, 3] * (b // 4))
-    return Batch(views=views, labels=labels, masks=masks)
+    extra = {}
+    if cfg.method == "mkd":  # detection: one box per image, its class the image label
+        extra["targets"] = [{"boxes": torch.tensor([[2.0, 4.0, s - 8.0, s - 2.0]]),
+                             "labels": y.view(1)} for y in labels]
+    return Batch(views=views, labels=labels, masks=masks, extra=extra)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

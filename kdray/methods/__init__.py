@@ -7,6 +7,7 @@ from kdray.methods.ce import CE
 from kdray.methods.cskd import CSKD
 from kdray.methods.kd import KD
 from kdray.methods.m2sd import M2SD
+from kdray.methods.mkd import MKD
 from kdray.methods.smkd import SMKD
 from kdray.methods.sskd import SSKD
 from kdray.methods.sskd_teacher import SSKDTeacher
@@ -16,6 +17,7 @@ METHODS: dict[str, type[Method]] = {
     "cskd": CSKD,
     "kd": KD,
     "m2sd": M2SD,
+    "mkd": MKD,
     "smkd": SMKD,
     "sskd": SSKD,
     "sskd_teacher": SSKDTeacher,
