@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import statistics
 import time
@@ -74,3 +75,22 @@ def compare(runners: dict[str, StepRunner], *, ref: str, warmup: int, rounds: in
         print(f"  {label:{width}s} {v:9.1f} images/s ({v / res[ref]:.3f}x {ref}; median of "
               f"{rounds} rounds of {steps} steps)")
     return res
+
+
+def bench_args(doc: str, *, gpu_help: str, steps: int, warmup: int, rounds: int = 3,
+               batch_help: str = "images per step") -> argparse.Namespace:
+    """The benchmarks' common flags (--gpu, --steps, --rounds, --warmup, --batch, --threads),
+    parsed; sets the CPU thread count and stops when --gpu finds no CUDA device."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--gpu", action="store_true", help=gpu_help)
+    p.add_argument("--steps", type=int, default=steps, help="steps per timed round")
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--batch", type=int, default=None, help=batch_help)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.gpu and not torch.cuda.is_available():
+        raise SystemExit("--gpu needs a CUDA device")
+    return a

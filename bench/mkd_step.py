@@ -11,10 +11,8 @@ unmasked student forward for the task loss. Random images, random boxes and rand
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-from _steps import StepRunner, compare  # bench/_steps.py
+from _steps import StepRunner, bench_args, compare  # bench/_steps.py
 
 import kdray.methods.mkd as mkd_module
 from kdray.config import ExperimentConfig
@@ -56,18 +54,7 @@ def detection_batch(b: int, hw: tuple[int, int], classes: int, device: torch.dev
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--gpu", action="store_true", help="RetinaNet R50 <- R101 at 800 px, bf16")
-    p.add_argument("--steps", type=int, default=3, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--batch", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.gpu and not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA device")
+    a = bench_args(__doc__, gpu_help="RetinaNet R50 <- R101 at 800 px, bf16", steps=3, warmup=1)
     pre = dict(PRESETS["gpu" if a.gpu else "cpu"])
     hw, batch, classes = pre.pop("hw"), a.batch or pre.pop("batch"), 80
     pre.pop("batch", None)

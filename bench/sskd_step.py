@@ -13,12 +13,11 @@ Throughput counts source images (one image = 4 forwards for SSKD).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 from pathlib import Path
 
 import torch
-from _steps import StepRunner, compare  # bench/_steps.py
+from _steps import StepRunner, bench_args, compare  # bench/_steps.py
 
 from kdray.config import ExperimentConfig
 from kdray.methods.ce import build_student
@@ -48,18 +47,8 @@ def random_teacher_file(arch: str, folder: str) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--gpu", action="store_true", help="resnet32x4 -> resnet8x4 on CUDA, bf16")
-    p.add_argument("--steps", type=int, default=5, help="steps per timed round")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--batch", type=int, default=None, help="source images per step")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    a = p.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    if a.gpu and not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA device")
+    a = bench_args(__doc__, gpu_help="resnet32x4 -> resnet8x4 on CUDA, bf16", steps=5, warmup=2,
+                   batch_help="source images per step")
     pre = dict(PRESETS["gpu" if a.gpu else "cpu"])
     batch = a.batch or pre.pop("batch")
     pre.pop("batch", None)

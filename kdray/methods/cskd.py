@@ -29,6 +29,7 @@ import torch
 
 from kdray.config import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
+from kdray.engine.checkpoint import mismatched_keys
 from kdray.methods.base import Method
 from kdray.methods.kd import build_teacher as build_kdray_teacher
 from kdray.methods.kd import load_model_state
@@ -113,8 +114,7 @@ def _timm_teacher(arch: str, ckpt: str, num_classes: int):
                               "or pass a local file with --set model.teacher_ckpt=PATH") from None
     net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
     state, own = load_model_state(ckpt), net.state_dict()
-    bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state
-                                            and tuple(own[k].shape) != tuple(state[k].shape)]
+    bad = mismatched_keys(own, state)
     if bad:
         raise ConfigError(f"model.teacher_ckpt {ckpt!r} does not fit timm {arch!r} with "
                           f"{num_classes} classes (mismatched keys/shapes: {bad[:5]})")

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from kdray.config import ConfigError, check_choice, check_range
 from kdray.detection import models as D
 from kdray.dist import unwrap
+from kdray.engine.checkpoint import mismatched_keys
 from kdray.methods.base import Method
 from kdray.modules.mkd_decoder import POS_EMBEDS, AdaptiveDecoder, grid_size
 from kdray.modules.mkd_losses import NORMS, GlobalRelationLoss, feat_loss
@@ -123,8 +124,7 @@ def build_teacher(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
     for k in own:  # torchvision checkpoints have FrozenBatchNorm2d: no num_batches_tracked
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = own[k]
-    bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state
-                                            and tuple(own[k].shape) != tuple(state[k].shape)]
+    bad = mismatched_keys(own, state)
     if bad:
         raise ConfigError(f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} does not fit a "
                           f"{m.detector} {arch} teacher with {num_classes} classes and FPN width "

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from kdray.config import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
+from kdray.engine.checkpoint import mismatched_keys
 from kdray.methods.base import Method
 from kdray.methods.ce import build_student as build_classifier
 from kdray.methods.kd import load_model_state
@@ -120,8 +121,7 @@ class SSKDNet(nn.Module):
 
 def _load_strict(module: nn.Module, state: dict, what: str) -> None:
     own = module.state_dict()
-    bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state
-                                            and tuple(own[k].shape) != tuple(state[k].shape)]
+    bad = mismatched_keys(own, state)
     if bad:
         raise ConfigError(f"model.teacher_ckpt does not fit {what} (mismatched keys/shapes: "
                           f"{bad[:5]})")
