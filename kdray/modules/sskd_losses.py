@@ -127,12 +127,14 @@ def select_rows(rank: Tensor, ratio: float) -> Tensor:
     Returns:
         (N,) bool mask of the kept rows.
     """
-    wrong = int((rank > 0).sum())
-    keep = (rank.numel() - wrong) + int(math.floor(ratio * wrong + 1e-9))
-    order = torch.sort(rank, stable=True).indices[:keep]
-    mask = torch.zeros_like(rank, dtype=torch.bool)
-    mask[order] = True
-    return mask
+    # all on the device (no host sync per step): a row is kept when its place in the stable
+    # order by rank is below the number of rows to keep
+    wrong = (rank > 0).sum()
+    keep = (rank.numel() - wrong) + torch.floor(ratio * wrong + 1e-9).long()
+    order = torch.sort(rank, stable=True).indices
+    place = torch.empty_like(order)
+    place[order] = torch.arange(rank.numel(), device=rank.device)
+    return place < keep
 
 
 def kl_rows(s_logits: Tensor, t_logits: Tensor, tau: float, keep: Tensor | None = None) -> Tensor:
@@ -145,11 +147,11 @@ def kl_rows(s_logits: Tensor, t_logits: Tensor, tau: float, keep: Tensor | None 
     Returns:
         0-dim loss; 0 (still connected to `s_logits`) when no row is kept.
     """
-    if keep is not None:
-        s_logits, t_logits = s_logits[keep], t_logits[keep]
-    if s_logits.shape[0] == 0:
-        return s_logits.sum() * 0.0
     log_p_s = F.log_softmax(s_logits.float() / tau, dim=1)
     log_p_t = F.log_softmax(t_logits.float() / tau, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    return kl.mean() * tau * tau
+    if keep is None:
+        return kl.mean() * tau * tau
+    # masked mean rather than boolean indexing: no host sync; 0 (connected) when nothing is kept
+    w = keep.to(kl.dtype)
+    return (kl * w).sum() / w.sum().clamp(min=1.0) * tau * tau
