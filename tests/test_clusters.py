@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import kdray.runtime.cluster as cluster_mod
+import kdray.runtime.local_cluster as cluster_mod
 from kdray.runtime.cluster import ClusterConfigError, local_two_node_cluster, validate_cluster_yaml
 from kdray.runtime.tuner import TRIAL_SLOT
 

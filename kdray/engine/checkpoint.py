@@ -64,3 +64,18 @@ def mismatched_keys(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
     `state` from loading strictly into a module whose state_dict is `own` ([] = it fits)."""
     return sorted(set(own) ^ set(state)) + [k for k in own if k in state
                                             and tuple(own[k].shape) != tuple(state[k].shape)]
+
+
+def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
+                   optional: tuple[str, ...] = ()) -> str:
+    """"" when `state` loads strictly into a module whose state_dict is `own` (keys ending in one
+    of `optional` may be absent on either side), else "missing [...], unexpected [...], shape
+    mismatch [(key, checkpoint shape, model shape), ...]" (5 of each at most)."""
+    skip = {k for k in set(own) ^ set(state) if optional and k.endswith(optional)}
+    missing = sorted(set(own) - set(state) - skip)
+    unexpected = sorted(set(state) - set(own) - skip)
+    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if not (missing or unexpected or shapes):
+        return ""
+    return f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatch {shapes[:5]}"

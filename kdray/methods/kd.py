@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from kdray.config import ConfigError, check_range
+from kdray.engine.checkpoint import state_mismatch
 from kdray.methods.base import Method
 from kdray.methods.ce import build_student
 from kdray.modules.backbones import Classifier, build_backbone
@@ -63,15 +64,10 @@ def build_teacher(cfg: ExperimentConfig, num_classes: int) -> Classifier:
     if not cfg.model.teacher_ckpt:
         raise ConfigError("model.teacher_ckpt: method 'kd' needs a trained teacher checkpoint")
     state = load_model_state(cfg.model.teacher_ckpt)
-    own = teacher.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        raise ConfigError(
-            f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} does not fit teacher arch {arch!r} with "
-            f"{num_classes} classes: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shapes[:5]]}")
+    why = state_mismatch(teacher.state_dict(), state)
+    if why:
+        raise ConfigError(f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} does not fit teacher arch "
+                          f"{arch!r} with {num_classes} classes: {why}")
     teacher.load_state_dict(state)
     teacher.requires_grad_(False)
     return teacher.eval()

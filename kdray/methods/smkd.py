@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from kdray.config import ConfigError, check, check_choice, check_range
 from kdray.dist import unwrap
@@ -267,7 +267,7 @@ class SMKD(Method):
         any other missing, unexpected or mis-shaped weight raises ConfigError. Optimizer state
         and schedules are not restored: phase 2 restarts them, as the SMKD code does.
         """
-        from kdray.engine.checkpoint import load_checkpoint  # weights_only=True; file or dir
+        from kdray.engine.checkpoint import load_checkpoint, state_mismatch  # weights_only=True
 
         try:
             ckpt = load_checkpoint(path)
@@ -282,21 +282,12 @@ class SMKD(Method):
             if module is None or name not in model:
                 log.info("init_from: %s not loaded (absent in model or checkpoint)", name)
                 continue
-            _load_checked(unwrap(module), model[name], f"{path}:{name}")
+            module, state = unwrap(module), model[name]
+            own = module.state_dict()
+            why = state_mismatch(own, state, optional=("mask_token",))
+            if why:
+                raise ConfigError(f"{path}:{name} does not fit this model (same model.arch and head "
+                                  f"dims needed): {why}")
+            module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
 
     init_from_checkpoint = load_phase1   # the engine's `train.init_from` hook
-
-
-def _load_checked(module: nn.Module, state: dict[str, Tensor], where: str) -> None:
-    """load_state_dict that allows only mask-token differences and names every mismatch."""
-    own = module.state_dict()
-    optional = {k for k in set(own) ^ set(state) if k.endswith("mask_token")}
-    missing = sorted(set(own) - set(state) - optional)
-    unexpected = sorted(set(state) - set(own) - optional)
-    shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items()
-              if k in state and state[k].shape != v.shape]
-    if missing or unexpected or shapes:
-        raise ConfigError(f"{where} does not fit this model (same model.arch and head dims "
-                          f"needed): missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                          f"shape mismatch {shapes[:5]}")
-    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
