@@ -16,10 +16,10 @@ import argparse
 import torch
 from _steps import StepRunner, compare  # bench/_steps.py
 
-import kdray.methods.cskd as cskd_module
+import kdray.methods.cskd.method as cskd_module
 from kdray.config import ExperimentConfig
+from kdray.methods.cskd.dense import DenseTeacher
 from kdray.modules.backbones import Classifier, build_backbone
-from kdray.modules.dense import DenseTeacher
 
 
 def adamw(params):

@@ -14,9 +14,9 @@ from __future__ import annotations
 import torch
 from _steps import StepRunner, bench_args, compare  # bench/_steps.py
 
-import kdray.methods.mkd as mkd_module
+import kdray.methods.mkd.method as mkd_module
 from kdray.config import ExperimentConfig
-from kdray.detection.models import build_detector
+from kdray.modules.detectors import build_detector
 from kdray.types import Batch
 
 PRESETS = {

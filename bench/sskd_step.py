@@ -20,8 +20,8 @@ import torch
 from _steps import StepRunner, bench_args, compare  # bench/_steps.py
 
 from kdray.config import ExperimentConfig
-from kdray.methods.ce import build_student
-from kdray.methods.sskd import ss_head
+from kdray.methods.sskd.method import ss_head
+from kdray.modules.teachers import build_classifier as build_student
 
 PRESETS = {
     "cpu": {"model.arch": "wrn_16_1", "model.teacher_arch": "wrn_16_2", "batch": 16},

@@ -57,8 +57,8 @@ def cmd_study(args, rest: list[str]) -> int:
 def cmd_eval(args) -> int:
     import torch
 
+    from kdray.checkpoint import load_checkpoint
     from kdray.data import build_eval_dataset, num_train_classes
-    from kdray.engine.checkpoint import load_checkpoint
     from kdray.eval import build_evaluator
     from kdray.methods import build_method
 

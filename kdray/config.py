@@ -12,16 +12,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from kdray.overrides import (  # noqa: F401 - re-exported: kdray.config is the public home
+from kdray.checks import (  # noqa: F401 - re-exported for callers of the config API
     ConfigError,
-    build_dataclass,
     check,
     check_choice,
     check_range,
+)
+from kdray.overrides import (  # noqa: F401 - re-exported: kdray.config is the public home
+    build_dataclass,
     parse_overrides,
     set_dotted,
     to_plain,
 )
+from kdray.registry import method_class
 
 
 @dataclass(frozen=True)
@@ -201,10 +204,7 @@ class ExperimentConfig:
     TOP: ClassVar[tuple[str, ...]] = ("method", "name", "seed")
 
     def __post_init__(self) -> None:
-        from kdray.methods import METHODS  # late: methods import this module
-
-        check_choice("method", self.method, METHODS)
-        mcls = METHODS[self.method].Config
+        mcls = method_class(self.method).Config
         if self.method_cfg is None:
             object.__setattr__(self, "method_cfg", mcls())
         elif isinstance(self.method_cfg, dict):

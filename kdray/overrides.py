@@ -1,6 +1,6 @@
-"""Config plumbing: validation errors, range/choice checks, and typed parsing of overrides.
+"""Config plumbing: typed parsing of `--set` overrides into the config dataclasses.
 
-The dataclasses themselves live in `kdray.config`, which re-exports everything here.
+The dataclasses themselves live in `kdray.config`, which re-exports what callers need.
 """
 
 from __future__ import annotations
@@ -11,30 +11,8 @@ import types
 import typing
 from typing import Any, Union
 
-
-class ConfigError(ValueError):
-    """A bad configuration value, key or combination."""
-
-
-def check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {msg}")
-
-
-def check_choice(key: str, value: Any, choices) -> None:
-    if value not in choices:
-        raise ConfigError(f"{key}: {value!r} is not valid; choose one of {sorted(map(str, choices))}")
-
-
-def check_range(key: str, value: float, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
-    bad = (low is not None and (value < low or (low_open and value == low))) or (
-        high is not None and (value > high or (high_open and value == high)))
-    if bad:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        raise ConfigError(f"{key}={value!r} is out of range {lo}{low}, {high}{hi}")
-
+from kdray.checks import ConfigError
+from kdray.registry import method_class
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -67,10 +45,8 @@ def set_dotted(raw: dict, key: str, value: Any, cfg) -> None:
     cls: Any = type(cfg)
     for i, p in enumerate(parts):
         if p == "method_cfg" and i == 0:
-            from kdray.methods import METHODS
-
-            method = raw.get("method", cfg.method)
-            sub_cls = METHODS[method].Config if method in METHODS else None
+            cls_ = method_class(raw.get("method", cfg.method), strict=False)
+            sub_cls = cls_.Config if cls_ is not None else None
         else:
             sub_cls = None
         names = [f.name for f in dataclasses.fields(cls)] if cls is not None else []

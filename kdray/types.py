@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -63,3 +64,20 @@ class Step:
     @property
     def epoch_float(self) -> float:
         return self.it / max(1, self.its_per_epoch)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method's `preflight` may know about the run's data, handed in by the engine so that
+    methods never import `kdray.data`.
+
+    Attributes:
+        num_classes: classes of the training split (the classifier width).
+        detection: whether the dataset is a COCO-format detection set.
+        top1: ``top1(logits_fn, max_items) -> %``: top-1 accuracy of ``logits_fn`` ((B, 3, H, W)
+            -> (B, C)) on ``eval.split`` over ``max_items`` evenly spaced images (0 = all).
+    """
+
+    num_classes: int
+    detection: bool = False
+    top1: Callable[[Callable[[Tensor], Tensor], int], float] | None = None

@@ -16,8 +16,8 @@ import os
 from dataclasses import replace
 
 from kdray.config import ExperimentConfig
-from kdray.methods.sskd import teacher_states
-from kdray.methods.teacher_registry import write_card
+from kdray.methods.sskd.method import teacher_states
+from kdray.modules.teachers import write_card
 from kdray.presets import sskd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.stages import study_stage

@@ -18,12 +18,13 @@ from helpers import load_study
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data.samplers import RepeatedAugBatchSampler
 from kdray.engine.loop import seed_all
+from kdray.engine.preflight import method_preflight
 from kdray.methods import build_method
-from kdray.methods.ce import build_student as build_cnn
-from kdray.modules import cskd_losses as L
+from kdray.methods.cskd import losses as L
+from kdray.methods.cskd.dense import DenseTeacher, check_dense_consistent
 from kdray.modules.backbones import Classifier, build_backbone
-from kdray.modules.dense import DenseTeacher, check_dense_consistent
 from kdray.modules.mixing import draw_mix, mix_images, mix_targets
+from kdray.modules.teachers import build_classifier as build_cnn
 from kdray.types import Batch, Step
 
 C = 4
@@ -216,30 +217,29 @@ def test_gradients_never_reach_the_teacher_and_it_stays_frozen(tmp_path):
 
 # ---------------------------------------------------------------------------- errors
 def test_preflight_errors(tmp_path, monkeypatch):
-    from kdray.methods.cskd import CSKD
     from kdray.runtime.session import preflight
 
-    monkeypatch.setattr("kdray.data.num_train_classes", lambda cfg: C)
-    CSKD.preflight(_cfg(tmp_path))
+    monkeypatch.setattr("kdray.engine.preflight.num_train_classes", lambda cfg: C)
+    method_preflight(_cfg(tmp_path))
     with pytest.raises(ConfigError, match="teacher grid"):      # conv3 at 20 px: 2x2; ViT 5x5
-        CSKD.preflight(_cfg(tmp_path, **{"data.image_size": 20}))
+        method_preflight(_cfg(tmp_path, **{"data.image_size": 20}))
     with pytest.raises(ConfigError, match="teacher_ckpt"):
-        CSKD.preflight(_cfg(tmp_path, **{"model.teacher_ckpt": ""}))
+        method_preflight(_cfg(tmp_path, **{"model.teacher_ckpt": ""}))
     with pytest.raises(ConfigError, match="does not fit"):
-        CSKD.preflight(_cfg(tmp_path, **{"model.teacher_ckpt": _teacher_file(tmp_path, "conv4")}))
+        method_preflight(_cfg(tmp_path, **{"model.teacher_ckpt": _teacher_file(tmp_path, "conv4")}))
     with pytest.raises(ConfigError, match="1000 classes"):       # hub weights, 4 classes: no download
-        CSKD.preflight(_cfg(tmp_path, **{"model.teacher_arch": "regnety_160.deit_in1k",
+        method_preflight(_cfg(tmp_path, **{"model.teacher_arch": "regnety_160.deit_in1k",
                                          "model.teacher_ckpt": ""}))
     path = tmp_path / "convnext.pt"
     torch.save(timm.create_model("convnext_atto", num_classes=C).state_dict(), path)
     with pytest.raises(ConfigError, match="model.teacher_arch"):
-        CSKD.preflight(_cfg(tmp_path, **{"model.teacher_arch": "convnext_atto",
+        method_preflight(_cfg(tmp_path, **{"model.teacher_arch": "convnext_atto",
                                          "model.teacher_ckpt": str(path)}))
     with pytest.raises(ConfigError, match="model.arch"):
-        CSKD.preflight(_cfg(tmp_path, **{"model.arch": "conv4"}))
+        method_preflight(_cfg(tmp_path, **{"model.arch": "conv4"}))
     with pytest.raises(ConfigError, match="does not apply mixup"):
         preflight(ExperimentConfig().override({"method": "ce", "data.mixup_alpha": 0.8}))
-    CSKD.preflight(_cfg(tmp_path, **{"method_cfg.a": 0.0, "method_cfg.w_cskd": 0.0,
+    method_preflight(_cfg(tmp_path, **{"method_cfg.a": 0.0, "method_cfg.w_cskd": 0.0,
                                      "model.teacher_ckpt": ""}))  # no distillation: no teacher
 
 

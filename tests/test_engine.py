@@ -12,8 +12,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from kdray import schedules
+from kdray.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdray.config import ExperimentConfig
-from kdray.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from kdray.engine.loop import NonFiniteLossError, fit, seed_all
 from kdray.engine.runner import distribute
 from kdray.methods import build_method

@@ -15,9 +15,7 @@ from kdray.engine.loop import seed_all
 from kdray.engine.runner import run_local
 from kdray.eval.fscil import FscilEvaluator
 from kdray.methods import build_method
-from kdray.modules import mixing
-from kdray.modules.backbones import build_backbone
-from kdray.modules.enhance import (
+from kdray.methods.m2sd.enhance import (
     BiFPN,
     CoordAttention,
     FeatureEnhancer,
@@ -25,7 +23,9 @@ from kdray.modules.enhance import (
     default_layout,
     fast_normalized_weights,
 )
-from kdray.modules.m2sd_losses import at_loss, attention_map, kl_div, symmetric_kl
+from kdray.methods.m2sd.losses import at_loss, attention_map, kl_div, symmetric_kl
+from kdray.modules import mixing
+from kdray.modules.backbones import build_backbone
 from kdray.types import Batch, Step
 
 

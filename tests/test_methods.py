@@ -11,7 +11,7 @@ import torch
 from kdray.config import ExperimentConfig
 from kdray.engine.loop import seed_all
 from kdray.methods import METHODS, build_method
-from kdray.methods.ce import build_student
+from kdray.modules.teachers import build_classifier as build_student
 from kdray.search import Choice, Float, Int
 from kdray.types import Batch, Step
 
@@ -36,7 +36,7 @@ def tiny_config(name: str, tmp_path) -> ExperimentConfig:
         path = tmp_path / "sskd_teacher.pt"
         model = {"student": teacher.state_dict()}
         if name == "sskd":
-            from kdray.methods.sskd import ss_head
+            from kdray.methods.sskd.method import ss_head
             model = {"teacher": teacher.state_dict(), "ss_head": ss_head(32).state_dict()}
         torch.save({"model": model}, path)
         over.update({"model.teacher_arch": "conv2", "model.teacher_ckpt": str(path)})

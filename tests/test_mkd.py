@@ -16,10 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from kdray.detection import CocoBoxEvaluator, coco_box_metrics, evaluate_detections, to_coco_results
-from kdray.modules.mkd_decoder import AdaptiveDecoder, LevelAdapter, sincos_2d
-from kdray.modules.mkd_losses import GcBlock, GlobalRelationLoss, feat_loss
-from kdray.modules.mkd_mask import (
+from kdray.eval.coco_metric import (
+    CocoBoxEvaluator,
+    coco_box_metrics,
+    evaluate_detections,
+    to_coco_results,
+)
+from kdray.methods.mkd.decoder import AdaptiveDecoder, LevelAdapter, sincos_2d
+from kdray.methods.mkd.losses import GcBlock, GlobalRelationLoss, feat_loss
+from kdray.methods.mkd.mask import (
     MaskedConvHooks,
     VisibleBatchNorm2d,
     convert_visible_bn,

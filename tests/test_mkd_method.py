@@ -13,11 +13,11 @@ import torch
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data import DataNotFoundError, build_dataset, build_eval_dataset, build_train_loader
-from kdray.detection.data import CocoDetection, resized_hw
+from kdray.data.coco import CocoDetection, resized_hw
 from kdray.engine.loop import seed_all
+from kdray.engine.preflight import method_preflight
 from kdray.eval import build_evaluator
 from kdray.methods import build_method
-from kdray.methods.mkd import MKD
 from kdray.types import Batch, Step
 
 torch.set_num_threads(1)
@@ -131,22 +131,22 @@ def test_faster_rcnn_student(tmp_path: Path) -> None:
 
 def test_preflight_rejects_bad_teacher_and_data(tmp_path: Path) -> None:
     _coco128()
-    MKD.preflight(_cfg(tmp_path))
+    method_preflight(_cfg(tmp_path))
     wrong = _cfg(tmp_path, **{"model.teacher_arch": "resnet34"})  # the ckpt is an R18
     with pytest.raises(ConfigError, match="does not fit"):
-        MKD.preflight(wrong)
+        method_preflight(wrong)
     with pytest.raises(ConfigError, match="does not fit"):
-        MKD.preflight(_cfg(tmp_path, **{"method_cfg.teacher_fpn_channels": 32}))
+        method_preflight(_cfg(tmp_path, **{"method_cfg.teacher_fpn_channels": 32}))
     with pytest.raises(ConfigError, match="no file"):
-        MKD.preflight(_cfg(tmp_path, **{"model.teacher_ckpt": str(tmp_path / "none.pt")}))
+        method_preflight(_cfg(tmp_path, **{"model.teacher_ckpt": str(tmp_path / "none.pt")}))
     with pytest.raises(ConfigError, match="teacher_ckpt"):
-        MKD.preflight(_cfg(tmp_path, **{"model.teacher_ckpt": ""}))
+        method_preflight(_cfg(tmp_path, **{"model.teacher_ckpt": ""}))
     with pytest.raises(ConfigError, match="detection dataset"):
-        MKD.preflight(_cfg(tmp_path, **{"data.dataset": "synthetic_fs", "eval.kind": "none"}))
+        method_preflight(_cfg(tmp_path, **{"data.dataset": "synthetic_fs", "eval.kind": "none"}))
     # a torchvision RetinaNet state_dict (FrozenBatchNorm-style: no num_batches_tracked) fits
     from torchvision.models.detection import retinanet_resnet50_fpn
 
-    from kdray.methods.mkd import build_teacher
+    from kdray.methods.mkd.method import build_teacher
 
     tv = retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=80)
     torch.save({k: v for k, v in tv.state_dict().items() if "num_batches" not in k},

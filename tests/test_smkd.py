@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from kdray.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
+from kdray.engine.preflight import method_preflight
 from kdray.methods import build_method
-from kdray.methods.smkd import SMKD
-from kdray.modules import smkd_losses as L
+from kdray.methods.smkd import losses as L
+from kdray.methods.smkd.method import SMKD
 from kdray.modules.ema import ema_momentum
 from kdray.types import Batch, Step
 
@@ -359,17 +360,17 @@ def test_features_teacher_cls_and_attention_pooled_patches():
 
 
 def test_preflight_errors():
-    SMKD.preflight(_cfg())                                     # allow_scratch: fine
+    method_preflight(_cfg())                                     # allow_scratch: fine
     with pytest.raises(ConfigError, match="phase 2 needs a phase-1 checkpoint"):
-        SMKD.preflight(_cfg(allow_scratch=False))
+        method_preflight(_cfg(allow_scratch=False))
     with pytest.raises(ConfigError, match="multicrop"):
-        SMKD.preflight(_cfg().override({"data.augment": "basic"}))
+        method_preflight(_cfg().override({"data.augment": "basic"}))
     with pytest.raises(ConfigError, match="patch size"):
-        SMKD.preflight(_cfg().override({"data.patch_size": 8}))
+        method_preflight(_cfg().override({"data.patch_size": 8}))
     with pytest.raises(ConfigError, match="mask_prob"):
-        SMKD.preflight(_cfg(mask_prob=0.0, phase="ssl"))
+        method_preflight(_cfg(mask_prob=0.0, phase="ssl"))
     with pytest.raises(ConfigError, match="ViT"):
-        SMKD.preflight(_cfg().override({"model.arch": "conv4"}))
+        method_preflight(_cfg().override({"model.arch": "conv4"}))
     with pytest.raises(ConfigError, match="at least one"):
         _cfg(w_cls=0.0, w_patch=0.0)
 
@@ -380,7 +381,7 @@ def test_load_phase1_roundtrip_and_errors(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": m1.checkpoint_state()}, path)
     m2 = _build(mask_prob=0.0, init_from=str(path))             # phase 2 without masking
-    SMKD.preflight(_cfg(allow_scratch=False, init_from=str(path)))
+    method_preflight(_cfg(allow_scratch=False, init_from=str(path)))
     m2.init_from_checkpoint(str(tmp_path))                      # a directory works too
     for name in ("student", "teacher"):
         own = getattr(m2, name).state_dict()

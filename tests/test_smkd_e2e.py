@@ -11,7 +11,7 @@ from helpers import load_study
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data import DataNotFoundError
-from kdray.methods import METHODS
+from kdray.engine.preflight import method_preflight
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -140,14 +140,13 @@ def test_paper_preset_rows_validate_and_pass_method_preflight(preset, tmp_path):
     paper = {r.label: r.paper for r in study.rows}
     assert paper["full: Eq. 3 + Eq. 5 (paper impl)"] == S.P.PAPER[preset]["smkd"]
     assert paper["phase 1 only: iBOT continued, compute-matched"] == S.P.PAPER[preset]["ibot"]
-    smkd = METHODS["smkd"]
     with pytest.raises(ConfigError, match="phase-1 checkpoint"):
-        smkd.preflight(study.base)
-    smkd.preflight(S.phase1_config(study, preset))
+        method_preflight(study.base)
+    method_preflight(S.phase1_config(study, preset))
     ckpt = tmp_path / "phase1.pt"
     ckpt.write_bytes(b"")
     for cfg in configs:
-        smkd.preflight(cfg.override({"train.init_from": str(ckpt)}))
+        method_preflight(cfg.override({"train.init_from": str(ckpt)}))
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)

@@ -16,12 +16,13 @@ from helpers import load_study
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.engine.loop import seed_all
+from kdray.engine.preflight import method_preflight
 from kdray.methods import build_method
-from kdray.methods.ce import build_student as build_cls
-from kdray.methods.sskd import ss_head
-from kdray.methods.teacher_registry import read_card, write_card
-from kdray.modules import sskd_losses as L
+from kdray.methods.sskd import losses as L
+from kdray.methods.sskd.method import ss_head
 from kdray.modules.backbones import Classifier, build_backbone
+from kdray.modules.teachers import build_classifier as build_cls
+from kdray.modules.teachers import read_card, write_card
 from kdray.types import Batch, Step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -210,35 +211,34 @@ def cifar_env(shared_data):
 
 
 def test_teacher_registry_rejects_wrong_or_underperforming_teachers(tmp_path, cifar_env):
-    from kdray.methods.sskd import SSKD
 
     ckpt = _teacher_file(tmp_path, size=32, classes=10)
     cfg = ExperimentConfig().override({
         "method": "sskd", "model.arch": "conv2", "model.teacher_arch": "conv2",
         "model.teacher_ckpt": ckpt, "data.dataset": "cifar10", "data.root": cifar_env,
         "eval.kind": "top1", "method_cfg.teacher_eval_items": 200})
-    SSKD.preflight(cfg)  # no card, no expectation: fine
+    method_preflight(cfg)  # no card, no expectation: fine
     with pytest.raises(ConfigError, match="does not fit teacher arch 'conv4'"):
-        SSKD.preflight(cfg.override({"model.teacher_arch": "conv4"}))
+        method_preflight(cfg.override({"model.teacher_arch": "conv4"}))
     with pytest.raises(ConfigError, match="no registry card"):
-        SSKD.preflight(cfg.override({"method_cfg.require_card": True}))
+        method_preflight(cfg.override({"method_cfg.require_card": True}))
     # a random 10-class teacher scores about 10%: an expectation of 50% stops the run
     with pytest.raises(ConfigError, match=r"measures \d+\.\d+% top-1 on test \(200 images\)"):
-        SSKD.preflight(cfg.override({"method_cfg.teacher_min_acc": 50.0}))
+        method_preflight(cfg.override({"method_cfg.teacher_min_acc": 50.0}))
     card = write_card(ckpt, arch="conv2", dataset="cifar10", num_classes=10, top1=61.0,
                       ss_transforms="rotation", registry=str(tmp_path / "teachers.json"))
     assert read_card(ckpt) == card and card.sha256 in (tmp_path / "teachers.json").read_text()
     with pytest.raises(ConfigError, match="card dataset 'cifar10', configured 'cifar100'"):
-        from kdray.methods.teacher_registry import check_card
+        from kdray.modules.teachers import check_card
         check_card(card, ckpt, arch="conv2", dataset="cifar100", num_classes=10)
     with pytest.raises(ConfigError, match="recorded top-1 61.00% is below the expected 70.00%"):
-        SSKD.preflight(cfg.override({"method_cfg.teacher_min_acc": 70.0}))
+        method_preflight(cfg.override({"method_cfg.teacher_min_acc": 70.0}))
     with pytest.raises(ConfigError, match="trained on 'rotation' transforms"):
-        SSKD.preflight(cfg.override({"method_cfg.transforms": "paper"}))
+        method_preflight(cfg.override({"method_cfg.transforms": "paper"}))
     with open(ckpt, "ab") as f:
         f.write(b"tampered")
     with pytest.raises(ConfigError, match="checksum"):
-        SSKD.preflight(cfg)
+        method_preflight(cfg)
 
 
 # ---------------------------------------------------------------------------- CIFAR-10 runs
@@ -414,8 +414,7 @@ def test_smoke_study_trains_t1_t2_registers_the_teacher_and_runs_rows(tmp_path, 
     for label in ("CE only", "SSKD full (ratio_ss=0.75)"):
         cfg = study.base.override({**study.row(label).overrides, **tiny,
                                    "method_cfg.require_card": True})
-        from kdray.methods.sskd import SSKD
-        SSKD.preflight(cfg)
+        method_preflight(cfg)
         res = train(cfg)
         assert math.isfinite(res.metrics["train/loss"]) and 0 <= res.metrics["val/top1"] <= 100
         assert ("train/ss" in res.metrics) == (label != "CE only")

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from kdray.data.base import DataNotFoundError, ImageDataset, data_roots
-from kdray.data.fscil import LIST_DIR, PROTOCOLS, FscilData, read_list
+from kdray.data.fscil_protocol import LIST_DIR, PROTOCOLS, FscilData, read_list
 
 if TYPE_CHECKING:
     from kdray.config import DataConfig

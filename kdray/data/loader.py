@@ -114,7 +114,7 @@ def build_train_loader(cfg: ExperimentConfig, *, rank: int, world: int) -> DataL
     if d.batch_size % world:
         raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by {world} workers")
     spec = get_spec(d.dataset)
-    if hasattr(spec, "train_loader"):  # detection datasets bring their own (kdray.detection.data)
+    if hasattr(spec, "train_loader"):  # detection datasets bring their own (kdray.data.coco)
         return spec.train_loader(cfg, rank=rank, world=world)
     base = build_dataset(d, d.train_split)
     if d.repeated_aug > 1:

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from kdray.config import ConfigError, check_choice
 from kdray.data import cifar, fscil, imagenet, mini_imagenet, omniglot, synthetic
+from kdray.data import coco as detection_data
 from kdray.data.base import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DatasetSpec, ImageDataset
-from kdray.detection import data as detection_data
 
 if TYPE_CHECKING:
     from kdray.config import DataConfig, ExperimentConfig

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from kdray import dist
+from kdray.checkpoint import rng_state
 from kdray.config import ExperimentConfig
-from kdray.engine.checkpoint import rng_state
 from kdray.engine.optim import apply_schedules, build_optimizer
 from kdray.methods.base import Method
 from kdray.types import Step
@@ -101,102 +101,127 @@ def fit(method: Method, loader, cfg: ExperimentConfig, *, device: torch.device,
         resume: a checkpoint state from `EpochEnd.make_state` to continue from.
     """
     cb = callbacks or Callbacks()
-    tcfg, ocfg = cfg.train, cfg.optim
-    opt = build_optimizer(method, ocfg)
-    amp_dtype, use_scaler = amp_settings(tcfg.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-    its_per_epoch = len(loader) if not tcfg.steps_per_epoch else min(len(loader), tcfg.steps_per_epoch)
-    if its_per_epoch == 0:
-        raise ValueError("the training loader yields no batch: dataset smaller than the batch size")
-    total_its = its_per_epoch * tcfg.epochs
-    start_epoch, it, history = 0, 0, []
-    if resume is not None:
-        method.load_checkpoint_state(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        scaler.load_state_dict(resume["scaler"])
-        start_epoch, it, history = resume["epoch"], resume["it"], list(resume.get("history", []))
-        log.info("resuming at epoch %d (step %d)", start_epoch, it)
-    rank = dist.rank()
-    metrics: dict[str, float] = history[-1] if history else {}
-
-    for epoch in range(start_epoch, tcfg.epochs):
-        seed_all(seed_for(cfg.seed, epoch, rank))
+    run = _Run(method, loader, cfg, device, resume)
+    metrics: dict[str, float] = run.history[-1] if run.history else {}
+    for epoch in range(run.start_epoch, cfg.train.epochs):
+        seed_all(seed_for(cfg.seed, epoch, run.rank))
         if set_epoch is not None:
             set_epoch(epoch)
         if cb.on_epoch_start is not None:
             cb.on_epoch_start(epoch)
-        method.train()
+        metrics = run.train_epoch(epoch, cb.on_log)
+        records: dict[str, list[dict]] = {}
+        is_last = epoch + 1 == cfg.train.epochs
+        if evaluator is not None and ((epoch + 1) % cfg.eval.every == 0 or is_last):
+            result = evaluator(method, device)
+            metrics.update(result.metrics)
+            records = result.records
+        run.history.append(dict(metrics))
+        log.info("epoch %d/%d %s", epoch + 1, cfg.train.epochs,
+                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        if cb.on_epoch_end is not None:
+            cb.on_epoch_end(EpochEnd(epoch, dict(metrics), records, is_last,
+                                     run.state_maker(epoch)))
+    return FitResult(metrics=dict(metrics), history=run.history)
+
+
+class _Run:
+    """The state of one `fit`: optimizer, AMP scaler, position; one epoch or one step at a time."""
+
+    def __init__(self, method: Method, loader, cfg: ExperimentConfig, device: torch.device,
+                 resume: dict[str, Any] | None) -> None:
+        self.method, self.loader, self.cfg, self.device = method, loader, cfg, device
+        tcfg = cfg.train
+        self.opt = build_optimizer(method, cfg.optim)
+        self.amp_dtype, use_scaler = amp_settings(tcfg.amp, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
+        n = len(loader)
+        self.its_per_epoch = n if not tcfg.steps_per_epoch else min(n, tcfg.steps_per_epoch)
+        if self.its_per_epoch == 0:
+            raise ValueError("the training loader yields no batch: dataset smaller than the batch "
+                             "size")
+        self.total_its = self.its_per_epoch * tcfg.epochs
+        self.start_epoch, self.it, self.history = 0, 0, []
+        if resume is not None:
+            method.load_checkpoint_state(resume["model"])
+            self.opt.load_state_dict(resume["optimizer"])
+            self.scaler.load_state_dict(resume["scaler"])
+            self.start_epoch, self.it = resume["epoch"], resume["it"]
+            self.history = list(resume.get("history", []))
+            log.info("resuming at epoch %d (step %d)", self.start_epoch, self.it)
+        self.rank = dist.rank()
+
+    def train_epoch(self, epoch: int, on_log) -> dict[str, float]:
+        """One epoch of steps; returns the epoch's train/* and perf/* metrics (over ranks)."""
+        self.method.train()
         sums: dict[str, torch.Tensor] = {}
         window: dict[str, torch.Tensor] = {}
-        window_n = 0
-        bad = torch.zeros((), dtype=torch.bool, device=device)
+        window_n = n_images = 0
+        bad = torch.zeros((), dtype=torch.bool, device=self.device)
         t0 = time.perf_counter()
-        n_images = 0
-        for i, batch in enumerate(loader):
-            if i >= its_per_epoch:
+        for i, batch in enumerate(self.loader):
+            if i >= self.its_per_epoch:
                 break
-            step = Step(it=it, epoch=epoch, total_its=total_its, its_per_epoch=its_per_epoch)
-            lr, wd = apply_schedules(opt, ocfg, step.progress, tcfg.epochs)
-            batch = batch.to(device, non_blocking=True)
-            if tcfg.channels_last:
-                batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
-            ctx = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                   else contextlib.nullcontext())
-            with ctx:
-                out = method(batch, step)
-            loss = out["loss"]
-            bad |= ~torch.isfinite(loss.detach())
-            scaler.scale(loss).backward()
-            if ocfg.clip_grad > 0:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(
-                    [p for g in opt.param_groups for p in g["params"]], ocfg.clip_grad)
-            method.on_after_backward(step)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            method.after_step(step)
-            it += 1
+            step = Step(it=self.it, epoch=epoch, total_its=self.total_its,
+                        its_per_epoch=self.its_per_epoch)
+            out, lr, wd = self.train_step(batch, step)
+            bad |= ~torch.isfinite(out["loss"].detach())
             n_images += len(batch)
             for k, v in out.items():
                 v = v.detach().float()
                 sums[k] = sums.get(k, 0.0) + v
                 window[k] = window.get(k, 0.0) + v
             window_n += 1
-            if it % tcfg.log_every == 0:
+            if self.it % self.cfg.train.log_every == 0:
                 _check_finite(dist.all_reduce_sum(bad.float()) > 0, out, step)
                 vals = _mean_over_ranks(window, window_n)  # a collective: every rank joins
-                if cb.on_log is not None:
-                    cb.on_log({**{f"train/{k}": v for k, v in vals.items()}, "train/lr": lr,
-                               "train/wd": wd}, it)
+                if on_log is not None:
+                    on_log({**{f"train/{k}": v for k, v in vals.items()}, "train/lr": lr,
+                            "train/wd": wd}, self.it)
                 window, window_n = {}, 0
         _check_finite(dist.all_reduce_sum(bad.float()) > 0, out, step)
         elapsed = time.perf_counter() - t0
-        metrics = {f"train/{k}": v for k, v in _mean_over_ranks(sums, its_per_epoch).items()}
-        total_images = float(dist.all_reduce_sum(torch.tensor(float(n_images), device=device)))
+        metrics = {f"train/{k}": v for k, v in _mean_over_ranks(sums, self.its_per_epoch).items()}
+        total = float(dist.all_reduce_sum(torch.tensor(float(n_images), device=self.device)))
         metrics.update({"epoch": epoch + 1, "train/lr": lr, "perf/epoch_s": elapsed,
-                        "perf/step_s": elapsed / its_per_epoch,
-                        "perf/images_per_s": total_images / max(elapsed, 1e-9)})
-        records: dict[str, list[dict]] = {}
-        is_last = epoch + 1 == tcfg.epochs
-        if evaluator is not None and ((epoch + 1) % cfg.eval.every == 0 or is_last):
-            result = evaluator(method, device)
-            metrics.update(result.metrics)
-            records = result.records
-        history.append(dict(metrics))
+                        "perf/step_s": elapsed / self.its_per_epoch,
+                        "perf/images_per_s": total / max(elapsed, 1e-9)})
+        return metrics
 
-        snapshot = list(history)
+    def train_step(self, batch, step: Step) -> tuple[dict[str, torch.Tensor], float, float]:
+        """Forward, backward (AMP, clipping), optimizer step, `after_step`; (loss dict, lr, wd)."""
+        method, opt, scaler, ocfg = self.method, self.opt, self.scaler, self.cfg.optim
+        lr, wd = apply_schedules(opt, ocfg, step.progress, self.cfg.train.epochs)
+        batch = batch.to(self.device, non_blocking=True)
+        if self.cfg.train.channels_last:
+            batch.views = [v.contiguous(memory_format=torch.channels_last) for v in batch.views]
+        ctx = (torch.autocast(self.device.type, dtype=self.amp_dtype)
+               if self.amp_dtype is not None else contextlib.nullcontext())
+        with ctx:
+            out = method(batch, step)
+        scaler.scale(out["loss"]).backward()
+        if ocfg.clip_grad > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in opt.param_groups for p in g["params"]], ocfg.clip_grad)
+        method.on_after_backward(step)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        method.after_step(step)
+        self.it += 1
+        return out, lr, wd
 
-        def make_state(epoch=epoch, it=it, snapshot=snapshot) -> dict[str, Any]:
-            return {"model": method.checkpoint_state(), "optimizer": opt.state_dict(),
-                    "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
-                    "it": it, "history": snapshot, "config": cfg.to_dict()}
+    def state_maker(self, epoch: int) -> Callable[[], dict[str, Any]]:
+        """Builds the checkpoint state of the position after `epoch`, on demand."""
+        it, snapshot = self.it, list(self.history)
 
-        log.info("epoch %d/%d %s", epoch + 1, tcfg.epochs,
-                 " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        if cb.on_epoch_end is not None:
-            cb.on_epoch_end(EpochEnd(epoch, dict(metrics), records, is_last, make_state))
-    return FitResult(metrics=dict(metrics), history=history)
+        def make_state() -> dict[str, Any]:
+            return {"model": self.method.checkpoint_state(), "optimizer": self.opt.state_dict(),
+                    "scaler": self.scaler.state_dict(), "rng": rng_state(), "epoch": epoch + 1,
+                    "it": it, "history": snapshot, "config": self.cfg.to_dict()}
+
+        return make_state
 
 
 def _mean_over_ranks(sums: dict[str, torch.Tensor], n: int) -> dict[str, float]:

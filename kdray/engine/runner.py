@@ -16,8 +16,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from kdray import dist
+from kdray.checkpoint import load_checkpoint, save_checkpoint
 from kdray.config import ExperimentConfig, parse_overrides
-from kdray.engine.checkpoint import load_checkpoint, save_checkpoint
 from kdray.engine.loop import Callbacks, EpochEnd, FitResult, fit, seed_all
 from kdray.methods import build_method
 from kdray.methods.base import Method

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from kdray.eval.coco import CocoEvaluator
 from kdray.eval.fewshot import EvalResult, FewShotEvaluator
 from kdray.eval.fscil import FscilEvaluator
 from kdray.eval.top1 import Top1Evaluator
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
     from kdray.config import ExperimentConfig
 
-__all__ = ["EvalResult", "FewShotEvaluator", "FscilEvaluator", "Top1Evaluator", "build_evaluator"]
+__all__ = ["CocoEvaluator", "EvalResult", "FewShotEvaluator", "FscilEvaluator", "Top1Evaluator", "build_evaluator"]
 
 
 def build_evaluator(cfg: ExperimentConfig,
@@ -30,9 +31,7 @@ def build_evaluator(cfg: ExperimentConfig,
         return Top1Evaluator(cfg, dataset)
     if kind == "fscil":
         return FscilEvaluator(cfg, dataset)
-    if kind == "coco":  # detection (MKD); late import: kdray.detection imports kdray.eval
-        from kdray.detection.evaluator import CocoEvaluator
-
+    if kind == "coco":  # detection (MKD)
         return CocoEvaluator(cfg, dataset)
     if kind == "none":
         return None

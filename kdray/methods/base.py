@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from kdray.dist import unwrap
-from kdray.types import Batch, LossDict, Step
+from kdray.types import Batch, DataInfo, LossDict, Step
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
@@ -38,7 +38,7 @@ class Method(nn.Module):
 
     # ------------------------------------------------------------------ checks (driver side)
     @classmethod
-    def preflight(cls, cfg: ExperimentConfig) -> None:
+    def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
         """Raise ConfigError for settings this method cannot run with (before Ray starts)."""
 
     # ------------------------------------------------------------------ training
@@ -82,7 +82,7 @@ class Method(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def init_from_checkpoint(self, path: str) -> None:
         """Start from the model weights of a kdray checkpoint (`train.init_from`)."""
-        from kdray.engine.checkpoint import load_checkpoint
+        from kdray.checkpoint import load_checkpoint
 
         self.load_checkpoint_state(load_checkpoint(path)["model"])
 

@@ -99,8 +99,3 @@ class Classifier(nn.Module):
         feat = self.backbone(x)
         return ClsOutput(self.head(feat), feat)
 
-
-from kdray.modules import (  # noqa: E402  (registration imports, after register_backbone)
-    cifar_resnet,  # noqa: F401  (registers the CIFAR ResNets + resnet18)
-    cifar_zoo,  # noqa: F401  (registers wrn, vgg, mobilenetv2, shufflenets, resnet50_cifar)
-)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdray.methods.mkd import MKDConfig
+from kdray.methods.mkd.method import MKDConfig
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 _M = "method_cfg."

@@ -15,26 +15,10 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
 def preflight(cfg: ExperimentConfig) -> None:
-    """Every check that can fail before any Ray resource starts: data present, method settings
-    compatible (teacher checkpoints, phase hand-offs), backbone names known."""
-    from kdray.config import ConfigError
-    from kdray.data import check_data
-    from kdray.methods import METHODS
-    from kdray.modules.backbones import backbone_exists
+    """Every check that can fail before any Ray resource starts (kdray.engine.preflight)."""
+    from kdray.engine.preflight import preflight as check_all
 
-    if (cfg.data.mixup_alpha > 0 or cfg.data.cutmix_alpha > 0) and not METHODS[
-            cfg.method].supports_mix:
-        raise ConfigError(f"data.mixup_alpha/cutmix_alpha: method {cfg.method!r} does not apply "
-                          "mixup/CutMix (methods that do: "
-                          f"{sorted(k for k, m in METHODS.items() if m.supports_mix)})")
-    check_data(cfg)
-    if cfg.train.init_from and not os.path.isfile(cfg.train.init_from) and not os.path.isfile(
-            os.path.join(cfg.train.init_from, "checkpoint.pt")):
-        raise ConfigError(f"train.init_from: no checkpoint at {cfg.train.init_from!r}")
-    if not backbone_exists(cfg.model.arch):
-        raise ConfigError(f"model.arch: unknown backbone {cfg.model.arch!r} (kdray backbones or "
-                          "any timm.list_models() name)")
-    METHODS[cfg.method].preflight(cfg)
+    check_all(cfg)
 
 
 def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:

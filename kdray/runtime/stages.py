@@ -13,8 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from kdray.checkpoint import CKPT_NAME
 from kdray.config import ExperimentConfig
-from kdray.engine.checkpoint import CKPT_NAME
 
 if TYPE_CHECKING:
     from kdray.runtime.study import Study

@@ -15,9 +15,9 @@ import ray
 import ray.train
 import torch
 
+from kdray.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from kdray.config import ExperimentConfig
 from kdray.dist import all_gather_object
-from kdray.engine.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
 from kdray.runtime.tracking import TrialTracker

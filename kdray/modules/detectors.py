@@ -5,7 +5,7 @@ submodules so that a method can run the backbone (+ FPN) itself (e.g. on a maske
 reuse the features for the task loss: ``feats = model.backbone(images.tensors)``, then
 `task_losses` (RetinaNet: head + anchor generator + ``compute_loss``; Faster R-CNN: RPN + RoI
 heads) or `detect` (inference + ``postprocess_detections``). Resizing happens in the data
-pipeline (kdray.detection.data), so `image_list` only normalises and zeroes the padding, as
+pipeline (kdray.data.coco), so `image_list` only normalises and zeroes the padding, as
 ``GeneralizedRCNNTransform`` would; boxes stay in the input's pixel coordinates.
 
 Labels are contiguous 0..K-1 everywhere; Faster R-CNN's background class 0 is handled here.

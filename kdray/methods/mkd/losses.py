@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdray.modules.mkd_mask import level_mask
+from kdray.methods.mkd.mask import level_mask
 
 NORMS = ("channel", "layernorm", "none")
 

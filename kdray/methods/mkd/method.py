@@ -24,16 +24,18 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdray.config import ConfigError, check_choice, check_range
-from kdray.detection import models as D
+from kdray.checkpoint import mismatched_keys
+from kdray.checks import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
-from kdray.engine.checkpoint import mismatched_keys
 from kdray.methods.base import Method
-from kdray.modules.mkd_decoder import POS_EMBEDS, AdaptiveDecoder, grid_size
-from kdray.modules.mkd_losses import NORMS, GlobalRelationLoss, feat_loss
-from kdray.modules.mkd_mask import MaskedConvHooks, convert_visible_bn, random_mask
+from kdray.methods.mkd.decoder import POS_EMBEDS, AdaptiveDecoder, grid_size
+from kdray.methods.mkd.losses import NORMS, GlobalRelationLoss, feat_loss
+from kdray.methods.mkd.mask import MaskedConvHooks, convert_visible_bn, random_mask
+from kdray.modules import detectors as D
+from kdray.modules.teachers import load_model_state
+from kdray.registry import register_method
 from kdray.search import Choice, Float
-from kdray.types import Batch, LossDict, Step
+from kdray.types import Batch, DataInfo, LossDict, Step
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
@@ -99,8 +101,7 @@ def build_student_detector(cfg: ExperimentConfig, num_classes: int) -> nn.Module
 def teacher_state(path: str) -> dict[str, Tensor]:
     """Detector weights from a kdray checkpoint (its student's `detector.*`) or a torchvision
     state_dict file; raises ConfigError when there is no file."""
-    from kdray.methods.kd import load_model_state
-
+    
     state = load_model_state(path)
     if any(k.startswith("detector.") for k in state):
         state = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
@@ -188,6 +189,7 @@ class MKDStudent(nn.Module):
         return out
 
 
+@register_method("mkd")
 class MKD(Method):
     """Masked-input feature distillation for detectors (see module docstring).
 
@@ -207,16 +209,14 @@ class MKD(Method):
             self.teacher = build_teacher(cfg, num_classes)
 
     @classmethod
-    def preflight(cls, cfg: ExperimentConfig) -> None:
-        from kdray.data import DATASETS, num_train_classes
-
-        if not hasattr(DATASETS.get(cfg.data.dataset), "train_loader"):
+    def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
+        if not data.detection:
             raise ConfigError(f"data.dataset: MKD trains detectors; {cfg.data.dataset!r} is not a "
                               "detection dataset (coco128, coco)")
         if cfg.eval.kind not in ("coco", "none"):
             raise ConfigError(f"eval.kind: MKD is evaluated with 'coco' (or 'none'), got "
                               f"{cfg.eval.kind!r}")
-        n = num_train_classes(cfg)
+        n = data.num_classes
         build_student_detector(cfg, n)
         if cfg.method_cfg.uses_teacher or cfg.model.teacher_ckpt:
             build_teacher(cfg, n)  # a given teacher is checked even when unused (study rows)

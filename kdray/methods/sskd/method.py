@@ -6,7 +6,7 @@ seen normally and under K transformations; a 2-layer MLP (SS module) on the pool
 a (K*B, B) cosine-similarity matrix of transformed vs normal samples, whose row-softmax the student
 mimics, and the student also mimics the teacher's class probabilities on the transformed images.
 Teacher and student SS modules are trained first on the frozen teacher (stage T2,
-`kdray.methods.sskd_teacher`), the teacher classifier before that (stage T1, method `ce`).
+`kdray.methods.sskd.teacher`), the teacher classifier before that (stage T1, method `ce`).
 
 Loss (methods.md §3.3; paper Eq. 5-8): L = w_ce CE(s(x), y) + w_kd tau_kd^2 KL(t(x) || s(x))
 + w_ss tau_ss^2 KL(B_t || B_s) + w_tf tau_tf^2 KL(t(x~) || s(x~)); w_ce..w_tf are the paper's
@@ -33,17 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdray.config import ConfigError, check_choice, check_range
+from kdray.checkpoint import mismatched_keys
+from kdray.checks import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
-from kdray.engine.checkpoint import mismatched_keys
 from kdray.methods.base import Method
-from kdray.methods.ce import build_student as build_classifier
-from kdray.methods.kd import load_model_state
-from kdray.modules import sskd_losses as L
+from kdray.methods.sskd import losses as L
 from kdray.modules.backbones import Classifier, build_backbone
 from kdray.modules.losses import kd_kl
+from kdray.modules.teachers import build_classifier, check_card, load_model_state, read_card
+from kdray.registry import register_method
 from kdray.search import Choice, Float
-from kdray.types import Batch, LossDict, Step
+from kdray.types import Batch, DataInfo, LossDict, Step
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
@@ -166,6 +166,38 @@ def build_sskd_teacher(cfg: ExperimentConfig, num_classes: int, *, with_head: bo
     return teacher.eval()
 
 
+def check_teacher(cfg: ExperimentConfig, data: DataInfo, *, with_head: bool, min_acc: float = 0.0,
+                  eval_items: int = 0, require_card: bool = False, transforms: str = "") -> float:
+    """Driver-side teacher check of SSKD: the checkpoint fits the architecture (and has an SS
+    module when needed), its registry card matches, and its measured top-1 reaches `min_acc`.
+
+    Returns:
+        The measured top-1 (%), or NaN when `min_acc` is 0 (no measurement).
+    Raises:
+        ConfigError naming the problem.
+    """
+    n = data.num_classes
+    teacher = build_sskd_teacher(cfg, n, with_head=with_head)
+    arch, ckpt = cfg.model.teacher_arch or cfg.model.arch, cfg.model.teacher_ckpt
+    card = read_card(ckpt)
+    if card is not None:
+        check_card(card, ckpt, arch=arch, dataset=cfg.data.dataset, num_classes=n,
+                   min_top1=min_acc, ss_transforms=transforms)
+    elif require_card:
+        raise ConfigError(f"model.teacher_ckpt {ckpt!r} has no registry card "
+                          f"({ckpt}.card.json); register it with "
+                          "kdray.modules.teachers.write_card")
+    if min_acc <= 0:
+        return float("nan")
+    acc = data.top1(lambda x: teacher(x).logits, eval_items)
+    if acc < min_acc:
+        raise ConfigError(f"model.teacher_ckpt {ckpt!r}: teacher {arch!r} measures {acc:.2f}% "
+                          f"top-1 on {cfg.eval.split} ({eval_items or 'all'} images), below "
+                          f"method_cfg.teacher_min_acc={min_acc:.2f}%")
+    return acc
+
+
+@register_method("sskd")
 class SSKD(Method):
     """Self-supervision KD from a frozen teacher with a trained SS module (module docstring)."""
 
@@ -180,16 +212,14 @@ class SSKD(Method):
             self.teacher = build_sskd_teacher(cfg, num_classes, with_head=self.mcfg.w_ss > 0)
 
     @classmethod
-    def preflight(cls, cfg: ExperimentConfig) -> None:
-        from kdray.methods.sskd_teacher import check_teacher
-
+    def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
         m = cfg.method_cfg
         try:
             build_backbone(cfg.model.arch, image_size=cfg.data.image_size)
         except ValueError as e:
             raise ConfigError(f"model.arch: {e}") from None
         if m.uses_teacher or cfg.model.teacher_ckpt:  # rows of a study share one teacher check
-            check_teacher(cfg, with_head=m.w_ss > 0, min_acc=m.teacher_min_acc,
+            check_teacher(cfg, data, with_head=m.w_ss > 0, min_acc=m.teacher_min_acc,
                           eval_items=m.teacher_eval_items, require_card=m.require_card,
                           transforms=m.transforms if m.w_ss > 0 else "")
 

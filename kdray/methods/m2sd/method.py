@@ -5,7 +5,7 @@ Stage 2 of the paper (this method; stage 1 is plain `ce` base training, stage 3 
 classifier of `eval.kind=fscil`): each base-session image is paired with an image of a different
 class; the same (i, j, λ), λ ~ Beta(α, α), builds a mixup and an inside-the-image CutMix virtual
 instance with the soft label λ y_i + (1 - λ) y_j. A train-only feature-enhancement module FE
-(per-stage MHSA / coordinate attention, BiFPN, temporary classifier W′; `kdray.modules.enhance`)
+(per-stage MHSA / coordinate attention, BiFPN, temporary classifier W′; `kdray.methods.m2sd.enhance`)
 produces a soft label and attention maps the backbone distils from.
 
 Terms (unweighted in the log; loss = Σ w_<term> term):
@@ -23,7 +23,7 @@ The paper's total is mix + kl + sd + at (all weights 1).
 (weight 1) trains FE and W′, which the paper's total leaves unsupervised; one λ and one CutMix box
 per batch, λ recomputed from the integer box area and used by both branches so that their labels
 are identical; the EN layout for 3-stage ResNets (MHSA, CA, MHSA), MHSA details and BiFPN details
-(see `kdray.modules.enhance`). FE is built only when `w_sd` or `w_at` is > 0; the mixing
+(see `kdray.methods.m2sd.enhance`). FE is built only when `w_sd` or `w_at` is > 0; the mixing
 branches only when `mixup` / `cutmix` is on. Mixing randomness comes from a generator seeded by
 (seed, rank, step), so a resumed run draws the same pairs.
 """
@@ -39,13 +39,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdray import dist
-from kdray.config import ConfigError, check, check_range
+from kdray.checks import ConfigError, check, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
+from kdray.methods.m2sd.enhance import FeatureEnhancer
+from kdray.methods.m2sd.losses import at_loss, kl_div, symmetric_kl
 from kdray.modules import mixing
 from kdray.modules.backbones import build_backbone
-from kdray.modules.enhance import FeatureEnhancer
-from kdray.modules.m2sd_losses import at_loss, kl_div, symmetric_kl
+from kdray.registry import register_method
 from kdray.search import Choice, Float
 from kdray.types import Batch, LossDict, Step
 
@@ -149,6 +150,7 @@ def build_student(cfg: ExperimentConfig, num_classes: int) -> M2SDNet:
     return M2SDNet(backbone, num_classes, fe)
 
 
+@register_method("m2sd")
 class M2SD(Method):
     """Stage-2 M2SD training (see module docstring)."""
 
@@ -210,7 +212,7 @@ class M2SD(Method):
 
     def init_from_checkpoint(self, path: str) -> None:
         """Start from a stage-1 checkpoint (e.g. `ce`): backbone and W; FE keeps its init."""
-        from kdray.engine.checkpoint import load_checkpoint
+        from kdray.checkpoint import load_checkpoint
 
         state = load_checkpoint(path)["model"]["student"]
         res = unwrap(self.student).load_state_dict(state, strict=False)

@@ -42,19 +42,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kdray.config import ConfigError, check, check_choice, check_range
+from kdray.checks import ConfigError, check, check_choice, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
-from kdray.modules import smkd_losses as L
+from kdray.methods.smkd import losses as L
 from kdray.modules.backbones import build_backbone
 from kdray.modules.center import Center
 from kdray.modules.ema import ema_momentum, ema_update_, frozen_copy
 from kdray.modules.heads import IBOTHead
 from kdray.modules.multicrop import MultiCropModel, MultiCropOutput
 from kdray.modules.vit import MaskedViT, arch_patch_size
+from kdray.registry import register_method
 from kdray.schedules import warmup_then_constant
 from kdray.search import Choice, Float
-from kdray.types import Batch, LossDict, Step
+from kdray.types import Batch, DataInfo, LossDict, Step
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
@@ -120,6 +121,7 @@ class SMKDConfig:
         return self.w_cls, w_patch, w_mim
 
 
+@register_method("smkd")
 class SMKD(Method):
     """SMKD / iBOT self-distillation with an EMA teacher (see module docstring)."""
 
@@ -145,7 +147,7 @@ class SMKD(Method):
 
     # ------------------------------------------------------------------ checks
     @classmethod
-    def preflight(cls, cfg: ExperimentConfig) -> None:
+    def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
         m, d = cfg.method_cfg, cfg.data
         if d.augment != "multicrop" or d.global_crops != N_GLOBAL:
             raise ConfigError("data.augment/global_crops: SMKD needs augment='multicrop' with "
@@ -267,7 +269,7 @@ class SMKD(Method):
         any other missing, unexpected or mis-shaped weight raises ConfigError. Optimizer state
         and schedules are not restored: phase 2 restarts them, as the SMKD code does.
         """
-        from kdray.engine.checkpoint import load_checkpoint, state_mismatch  # weights_only=True
+        from kdray.checkpoint import load_checkpoint, state_mismatch  # weights_only=True
 
         try:
             ckpt = load_checkpoint(path)

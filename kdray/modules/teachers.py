@@ -1,10 +1,13 @@
-"""Teacher registry: every teacher checkpoint comes with a card (checksum, architecture, dataset,
-class count and measured accuracy), written next to it as ``<checkpoint>.card.json`` and, when a
-registry file is given, indexed there by checksum.
+"""Teachers: build a classifier, read weights from a kdray checkpoint or a plain state_dict, check
+that they fit, freeze; and the teacher registry's cards.
 
-Distillation methods check the card in `preflight` (driver side, before Ray starts): a checksum,
-architecture, dataset or class-count mismatch, or a recorded accuracy below the configured
-expectation, raises `ConfigError`; `evaluate_teacher` measures the accuracy afresh.
+Every method with a separate teacher goes through these functions, so the checks (and their
+error messages) are the same everywhere. Files are read with ``torch.load(weights_only=True)``.
+
+A card (checksum, architecture, dataset, class count, measured accuracy) is written next to a
+teacher checkpoint as ``<checkpoint>.card.json`` and, when a registry file is given, indexed there
+by checksum. Preflight checks it before Ray starts: a checksum, architecture, dataset or
+class-count mismatch, or a recorded accuracy below the configured expectation, is a ConfigError.
 """
 
 from __future__ import annotations
@@ -12,18 +15,65 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import nn
 
-from kdray.config import ConfigError
+from kdray.checkpoint import state_mismatch
+from kdray.checks import ConfigError
+from kdray.modules.backbones import Classifier, build_backbone
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
 
+
+def build_classifier(cfg: ExperimentConfig, num_classes: int, arch: str = "") -> Classifier:
+    """Backbone `arch` (default `model.arch`) with a linear head, from the model settings."""
+    backbone = build_backbone(arch or cfg.model.arch, pretrained=cfg.model.pretrained,
+                              drop_path=cfg.model.drop_path, image_size=cfg.data.image_size)
+    return Classifier(backbone, num_classes)
+
+
+def load_model_state(path: str) -> dict[str, torch.Tensor]:
+    """Model weights from a kdray checkpoint (its `student`) or a plain state_dict file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"model.teacher_ckpt: no file at {path!r}; train a teacher first "
+                          "(e.g. `kdray train --method ce --set train.epochs=...`) and pass its "
+                          "checkpoint path")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"].get("student", state["model"])
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """No gradients, eval mode (BatchNorm statistics and dropout fixed)."""
+    module.requires_grad_(False)
+    return module.eval()
+
+
+def build_teacher(cfg: ExperimentConfig, num_classes: int, method: str = "kd") -> Classifier:
+    """Frozen classifier teacher `model.teacher_arch` (default `model.arch`) from
+    `model.teacher_ckpt`; ConfigError when the checkpoint is missing or does not fit."""
+    arch = cfg.model.teacher_arch or cfg.model.arch
+    teacher = Classifier(build_backbone(arch, image_size=cfg.data.image_size), num_classes)
+    if not cfg.model.teacher_ckpt:
+        raise ConfigError(f"model.teacher_ckpt: method {method!r} needs a trained teacher "
+                          "checkpoint")
+    state = load_model_state(cfg.model.teacher_ckpt)
+    why = state_mismatch(teacher.state_dict(), state)
+    if why:
+        raise ConfigError(f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} does not fit teacher arch "
+                          f"{arch!r} with {num_classes} classes: {why}")
+    teacher.load_state_dict(state)
+    return freeze(teacher)
+
+
+# ---------------------------------------------------------------------------- registry cards
 CARD_SUFFIX = ".card.json"
 
 
@@ -102,24 +152,3 @@ def check_card(card: TeacherCard, ckpt: str, *, arch: str, dataset: str, num_cla
                         f"uses {ss_transforms!r}")
     if problems:
         raise ConfigError(f"model.teacher_ckpt {ckpt!r}: " + "; ".join(problems))
-
-
-@torch.no_grad()
-def evaluate_teacher(logits_fn: Callable[[Tensor], Tensor], cfg: ExperimentConfig, max_items: int = 0) -> float:
-    """Top-1 (%) of `logits_fn` ((B, 3, H, W) -> (B, C)) on cfg.eval.split, on `max_items`
-    evenly spaced images (0 = all), on the CPU of the caller."""
-    from torch.utils.data import DataLoader, Subset
-
-    from kdray.data import build_eval_dataset
-
-    data = build_eval_dataset(cfg)
-    n = len(data)
-    if 0 < max_items < n:
-        data = Subset(data, [i * n // max_items for i in range(max_items)])
-    hits = total = 0
-    for x, y in DataLoader(data, batch_size=cfg.eval.batch_size):
-        hits += int((logits_fn(x).argmax(dim=1) == torch.as_tensor(y)).sum())
-        total += len(y)
-    if total == 0:
-        raise ConfigError(f"eval.split {cfg.eval.split!r} is empty: cannot measure the teacher")
-    return 100.0 * hits / total

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch.nn.functional as F
 
-from kdray.config import check_range
+from kdray.checks import check_range
 from kdray.methods.base import Method
-from kdray.modules.backbones import Classifier, build_backbone
+from kdray.modules.teachers import build_classifier
+from kdray.registry import register_method
 from kdray.search import Float
 from kdray.types import Batch, LossDict, Step
 
@@ -27,12 +28,7 @@ class CEConfig:
         check_range("method_cfg.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
 
 
-def build_student(cfg: ExperimentConfig, num_classes: int) -> Classifier:
-    backbone = build_backbone(cfg.model.arch, pretrained=cfg.model.pretrained,
-                              drop_path=cfg.model.drop_path, image_size=cfg.data.image_size)
-    return Classifier(backbone, num_classes)
-
-
+@register_method("ce")
 class CE(Method):
     """Cross-entropy on the first view."""
 
@@ -40,7 +36,7 @@ class CE(Method):
 
     def __init__(self, cfg: ExperimentConfig, *, num_classes: int) -> None:
         super().__init__(cfg, num_classes=num_classes)
-        self.student = build_student(cfg, num_classes)
+        self.student = build_classifier(cfg, num_classes)
 
     def forward(self, batch: Batch, step: Step) -> LossDict:
         out = self.student(batch.views[0])

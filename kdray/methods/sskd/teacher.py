@@ -6,7 +6,7 @@ is this transformed image from": cross-entropy over the rows of the (K*B, B) cos
 matrix with temperature `tau` (official code: 1, i.e. raw cosines). The top-1 evaluation reports
 the frozen teacher's accuracy (what the teacher registry records); `train/ss_acc` is the
 contrastive accuracy. Checkpoints hold {"teacher": classifier, "ss_head": MLP}, the format SSKD
-(`kdray.methods.sskd`) loads.
+(`kdray.methods.sskd.method`) loads.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor
 
-from kdray.config import ConfigError, check_choice, check_range
+from kdray.checks import check_choice, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
-from kdray.methods.sskd import build_sskd_teacher, ss_head
-from kdray.methods.teacher_registry import check_card, evaluate_teacher, read_card
-from kdray.modules import sskd_losses as L
+from kdray.methods.sskd import losses as L
+from kdray.methods.sskd.method import build_sskd_teacher, ss_head
+from kdray.registry import register_method
 from kdray.search import Float
-from kdray.types import Batch, LossDict, Step
+from kdray.types import Batch, DataInfo, LossDict, Step
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
@@ -42,6 +42,7 @@ class SSKDTeacherConfig:
         check_choice("method_cfg.transforms", self.transforms, L.TRANSFORMS)
 
 
+@register_method("sskd_teacher")
 class SSKDTeacher(Method):
     """Stage T2: the SS module (the only trainable part) on a frozen T1 teacher."""
 
@@ -53,10 +54,8 @@ class SSKDTeacher(Method):
         self.student = ss_head(self.teacher.backbone.num_features)
 
     @classmethod
-    def preflight(cls, cfg: ExperimentConfig) -> None:
-        from kdray.data import num_train_classes
-
-        build_sskd_teacher(cfg, num_train_classes(cfg), with_head=False)
+    def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
+        build_sskd_teacher(cfg, data.num_classes, with_head=False)
 
     def forward(self, batch: Batch, step: Step) -> LossDict:
         x = batch.views[0]
@@ -83,36 +82,3 @@ class SSKDTeacher(Method):
     def load_checkpoint_state(self, state: dict[str, dict], strict: bool = True) -> None:
         self.teacher.load_state_dict(state["teacher"], strict=strict)
         unwrap(self.student).load_state_dict(state["ss_head"], strict=strict)
-
-
-def check_teacher(cfg: ExperimentConfig, *, with_head: bool, min_acc: float = 0.0,
-                  eval_items: int = 0, require_card: bool = False, transforms: str = "") -> float:
-    """Driver-side teacher check of SSKD: the checkpoint fits the architecture (and has an SS
-    module when needed), its registry card matches, and its measured top-1 reaches `min_acc`.
-
-    Returns:
-        The measured top-1 (%), or NaN when `min_acc` is 0 (no measurement).
-    Raises:
-        ConfigError naming the problem.
-    """
-    from kdray.data import num_train_classes
-
-    n = num_train_classes(cfg)
-    teacher = build_sskd_teacher(cfg, n, with_head=with_head)
-    arch, ckpt = cfg.model.teacher_arch or cfg.model.arch, cfg.model.teacher_ckpt
-    card = read_card(ckpt)
-    if card is not None:
-        check_card(card, ckpt, arch=arch, dataset=cfg.data.dataset, num_classes=n,
-                   min_top1=min_acc, ss_transforms=transforms)
-    elif require_card:
-        raise ConfigError(f"model.teacher_ckpt {ckpt!r} has no registry card "
-                          f"({ckpt}.card.json); register it with "
-                          "kdray.methods.teacher_registry.write_card")
-    if min_acc <= 0:
-        return float("nan")
-    acc = evaluate_teacher(lambda x: teacher(x).logits, cfg, eval_items)
-    if acc < min_acc:
-        raise ConfigError(f"model.teacher_ckpt {ckpt!r}: teacher {arch!r} measures {acc:.2f}% "
-                          f"top-1 on {cfg.eval.split} ({eval_items or 'all'} images), below "
-                          f"method_cfg.teacher_min_acc={min_acc:.2f}%")
-    return acc

@@ -16,8 +16,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from kdray import dist
-from kdray.detection.coco_eval import METRICS, CocoBoxEvaluator
-from kdray.detection.data import CocoDetection, collate
+from kdray.data.coco import CocoDetection, collate
+from kdray.eval.coco_metric import METRICS, CocoBoxEvaluator
 from kdray.eval.fewshot import EvalResult
 
 if TYPE_CHECKING:

@@ -27,19 +27,20 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from kdray.config import ConfigError, check_choice, check_range
+from kdray.checkpoint import mismatched_keys
+from kdray.checks import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
-from kdray.engine.checkpoint import mismatched_keys
 from kdray.methods.base import Method
-from kdray.methods.kd import build_teacher as build_kdray_teacher
-from kdray.methods.kd import load_model_state
-from kdray.modules import cskd_losses as L
+from kdray.methods.cskd import losses as L
+from kdray.methods.cskd.deit import DeiTStudent, average_heads, build_deit
+from kdray.methods.cskd.dense import DenseTeacher, check_dense_consistent
 from kdray.modules.backbones import BACKBONES
-from kdray.modules.deit import DeiTStudent, average_heads, build_deit
-from kdray.modules.dense import DenseTeacher, check_dense_consistent
 from kdray.modules.mixing import mix_images, mix_targets, soft_target_ce
+from kdray.modules.teachers import build_teacher as build_kdray_teacher
+from kdray.modules.teachers import load_model_state
+from kdray.registry import register_method
 from kdray.search import Choice, Float
-from kdray.types import Batch, LossDict, Step
+from kdray.types import Batch, DataInfo, LossDict, Step
 
 if TYPE_CHECKING:
     from kdray.config import ExperimentConfig
@@ -145,6 +146,7 @@ def build_dense_teacher(cfg: ExperimentConfig, num_classes: int) -> DenseTeacher
     return teacher.eval()
 
 
+@register_method("cskd")
 class CSKD(Method):
     """Cumulative Spatial KD from a frozen dense CNN teacher (see module docstring)."""
 
@@ -159,10 +161,8 @@ class CSKD(Method):
 
     # ------------------------------------------------------------------ checks
     @classmethod
-    def preflight(cls, cfg: ExperimentConfig) -> None:
-        from kdray.data import num_train_classes
-
-        n = num_train_classes(cfg)
+    def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
+        n = data.num_classes
         try:
             student = build_student(cfg, n)
         except ValueError as e:

@@ -1,0 +1,7 @@
+"""CSKD: see method.py."""
+
+from __future__ import annotations
+
+from kdray.methods.cskd.method import CSKD
+
+__all__ = ["CSKD"]

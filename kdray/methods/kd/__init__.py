@@ -1,0 +1,7 @@
+"""KD: see method.py."""
+
+from __future__ import annotations
+
+from kdray.methods.kd.method import KD
+
+__all__ = ["KD"]
