@@ -1,64 +1,34 @@
-"""The method contract, parametrised over the whole registry (timm-style): every method in
-METHODS gets checked the moment it is registered."""
+"""The method contract, parametrised over the whole registry (timm-style): a method is checked the
+moment it is registered. Each method package declares its tiny configuration next to itself
+(kdray/methods/<name>/tiny.py); nothing here names a method, so adding one edits no test."""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import pytest
 import torch
 
-from kdray.config import ExperimentConfig
+from kdray.config import ConfigError, ExperimentConfig
 from kdray.engine.loop import seed_all
 from kdray.methods import METHODS, build_method
-from kdray.modules.teachers import build_classifier as build_student
 from kdray.search import Choice, Float, Int
 from kdray.types import Batch, Step
 
 NUM_CLASSES = 4
 
 
-def tiny_config(name: str, tmp_path) -> ExperimentConfig:
-    over = {"method": name, "model.arch": "conv2", "data.image_size": 16, "data.patch_size": 4}
-    if name == "kd":
-        teacher_cfg = ExperimentConfig().override({"model.arch": "conv2", "data.image_size": 16})
-        path = tmp_path / "teacher.pt"
-        torch.save({"model": {"student": build_student(teacher_cfg, NUM_CLASSES).state_dict()}}, path)
-        over["model.teacher_ckpt"] = str(path)
-    if name == "cskd":  # a 3-block CNN teacher (2x2 dense grid at 16 px) and a patch-4 DeiT
-        teacher_cfg = ExperimentConfig().override({"model.arch": "conv3", "data.image_size": 16})
-        path = tmp_path / "cnn_teacher.pt"
-        torch.save({"model": {"student": build_student(teacher_cfg, NUM_CLASSES).state_dict()}}, path)
-        over.update({"model.arch": "vit_nano_p4_32", "model.teacher_arch": "conv3",
-                     "model.teacher_ckpt": str(path)})
-    if name in ("sskd", "sskd_teacher"):  # conv2 teacher; sskd reads a T2 (teacher + SS head) file
-        teacher = build_student(ExperimentConfig().override({"model.arch": "conv2"}), NUM_CLASSES)
-        path = tmp_path / "sskd_teacher.pt"
-        model = {"student": teacher.state_dict()}
-        if name == "sskd":
-            from kdray.methods.sskd.method import ss_head
-            model = {"teacher": teacher.state_dict(), "ss_head": ss_head(32).state_dict()}
-        torch.save({"model": model}, path)
-        over.update({"model.teacher_arch": "conv2", "model.teacher_ckpt": str(path)})
-    if name == "smkd":
-        over.update({"model.arch": "vit_nano_p4_32", "data.image_size": 32, "data.local_size": 16,
-                     "data.augment": "multicrop", "data.local_crops": 2, "data.mask_prob": 0.5,
-                     "method_cfg.phase": "supervised", "method_cfg.allow_scratch": True,
-                     "method_cfg.out_dim": 64, "method_cfg.hidden_dim": 32,
-                     "method_cfg.bottleneck_dim": 16, "method_cfg.w_mim": 1.0})
-    if name == "m2sd":  # needs per-stage maps: the smallest CIFAR ResNet
-        over["model.arch"] = "resnet8"
-    if name == "mkd":  # RetinaNet-R18 student and teacher, narrow FPN and decoder, 64 px
-        small = {"method_cfg.fpn_channels": 16, "method_cfg.teacher_fpn_channels": 16,
-                 "method_cfg.decoder_dim": 16, "method_cfg.decoder_heads": 2,
-                 "data.image_size": 64, "model.arch": "resnet18"}
-        teacher = build_method(ExperimentConfig().override(
-            {"method": "mkd", **small, "method_cfg.w_feat": 0.0, "method_cfg.w_global": 0.0}),
-            NUM_CLASSES)
-        path = tmp_path / "mkd_teacher.pt"
-        torch.save({"model": teacher.checkpoint_state()}, path)
-        over.update({**small, "model.teacher_ckpt": str(path)})
-    return ExperimentConfig().override(over)
+def _tiny_module(name: str):
+    return importlib.import_module(METHODS[name].__module__.rsplit(".", 1)[0] + ".tiny")
+
+
+def tiny_config(name: str, tmp_path, **over) -> ExperimentConfig:
+    def make(o: dict) -> ExperimentConfig:
+        return ExperimentConfig().override(o)
+
+    base = _tiny_module(name).tiny_config(name, tmp_path, NUM_CLASSES, make)
+    return make({"method": name, **base, **over})
 
 
 def tiny_batch(cfg: ExperimentConfig, b: int = 8) -> Batch:
@@ -73,11 +43,23 @@ def tiny_batch(cfg: ExperimentConfig, b: int = 8) -> Batch:
         n = s // d.patch_size
         masks = [torch.rand(b, n, n, generator=g) < 0.4 for _ in range(d.global_crops)]
     labels = torch.tensor([0, 1, 2, 3] * (b // 4))
-    extra = {}
-    if cfg.method == "mkd":  # detection: one box per image, its class the image label
-        extra["targets"] = [{"boxes": torch.tensor([[2.0, 4.0, s - 8.0, s - 2.0]]),
-                             "labels": y.view(1)} for y in labels]
+    extra_fn = getattr(_tiny_module(cfg.method), "tiny_extra", None)
+    extra = extra_fn(views[0], labels) if extra_fn else {}
     return Batch(views=views, labels=labels, masks=masks, extra=extra)
+
+
+def _step(method, cfg, it: int = 0) -> dict:
+    out = method(tiny_batch(cfg), Step(it=it, epoch=1, total_its=10))
+    out["loss"].backward()
+    return out
+
+
+def _unused(method) -> list[str]:
+    return [n for n, p in method.student.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def _n_params(method) -> int:
+    return sum(p.numel() for p in method.student.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -92,11 +74,58 @@ def test_step_contract(name, tmp_path):
         if k != "loss":
             assert not v.requires_grad, f"{k} is logged, so it must be detached"
     out["loss"].backward()
-    missing = [n for n, p in method.student.named_parameters() if p.requires_grad and p.grad is None]
-    assert not missing, f"unused student parameters would break DDP: {missing[:5]}"
+    assert not _unused(method), f"unused student parameters would break DDP: {_unused(method)[:5]}"
     if method.teacher is not None:
         assert all(p.grad is None for p in method.teacher.parameters())
         assert not method.teacher.training
+
+
+def _weights(name: str) -> list[str]:
+    cls = METHODS[name].Config
+    return [f.name for f in dataclasses.fields(cls) if f.name.startswith("w_")
+            and (getattr(cls(), f.name) or 0) > 0]
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_zero_weight_builds_nothing_and_leaves_no_unused_parameter(name, tmp_path):
+    """Setting any w_<term> to 0 builds no module for that term: no parameter DDP would wait
+    for, and never more parameters than with the term on."""
+    seed_all(0)
+    full = _n_params(build_method(tiny_config(name, tmp_path), NUM_CLASSES))
+    tried = 0
+    for w in _weights(name):
+        try:
+            cfg = tiny_config(name, tmp_path, **{f"method_cfg.{w}": 0.0})
+        except ConfigError:  # e.g. the last non-zero weight: the config itself refuses it
+            continue
+        tried += 1
+        seed_all(0)
+        method = build_method(cfg, NUM_CLASSES).train()
+        _step(method, cfg)
+        assert not _unused(method), (w, _unused(method)[:5])
+        assert _n_params(method) <= full, w
+    assert tried or not _weights(name), f"{name}: no weight could be set to 0"
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_after_step_moves_an_ema_teacher_and_never_a_frozen_one(name, tmp_path):
+    seed_all(0)
+    cfg = tiny_config(name, tmp_path)
+    method = build_method(cfg, NUM_CLASSES).train()
+    if method.teacher is None:
+        assert METHODS[name].teacher_update == "frozen"  # nothing to move
+        return
+    before = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    opt = torch.optim.SGD([p for p in method.student.parameters() if p.requires_grad], lr=0.1)
+    _step(method, cfg)
+    opt.step()
+    method.after_step(Step(it=0, epoch=1, total_its=10))
+    moved = [k for k, v in method.teacher.state_dict().items() if not torch.equal(v, before[k])]
+    if METHODS[name].teacher_update == "ema":
+        assert moved, "after_step did not move the EMA teacher"
+    else:
+        assert moved == [], f"the frozen teacher changed: {moved[:5]}"
+    assert all(not p.requires_grad for p in method.teacher.parameters())
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
@@ -109,6 +138,18 @@ def test_search_space_names_config_fields(name):
         default = getattr(cls(), key)
         if default is not None and isinstance(dom, Float | Int):
             assert dom.low <= default <= dom.high or key.startswith("w_"), (key, default, dom)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_search_key_validates_at_both_ends(name, tmp_path):
+    """A searched trial never dies of its own range: each end of each SEARCH domain (every
+    choice of a Choice) is a valid config of the tiny setting."""
+    cls = METHODS[name].Config
+    for key, dom in cls.SEARCH.items():
+        values = dom.values if isinstance(dom, Choice) else (dom.low, dom.high)
+        for v in values:
+            cfg = tiny_config(name, tmp_path, **{f"method_cfg.{key}": v})
+            assert getattr(cfg.method_cfg, key) == v
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -28,6 +28,8 @@ class Method(nn.Module):
     needs_labels: ClassVar[bool] = True
     #: whether `forward` applies `batch.mix` (mixup/CutMix drawn in collate); checked in preflight.
     supports_mix: ClassVar[bool] = False
+    #: how `teacher` changes while training: "frozen" (never) or "ema" (moved by `after_step`).
+    teacher_update: ClassVar[str] = "frozen"
 
     def __init__(self, cfg: ExperimentConfig, *, num_classes: int) -> None:
         super().__init__()

@@ -125,6 +125,8 @@ class SMKDConfig:
 class SMKD(Method):
     """SMKD / iBOT self-distillation with an EMA teacher (see module docstring)."""
 
+    teacher_update = "ema"
+
     Config = SMKDConfig
 
     def __init__(self, cfg: ExperimentConfig, *, num_classes: int) -> None:
