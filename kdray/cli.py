@@ -34,7 +34,7 @@ def cmd_train(args) -> int:
         res = run_local(cfg, args.out)
         print(json.dumps({"metrics": res.metrics, "checkpoint": args.out}, indent=2))
         return 0
-    from kdray.runtime.fit import fit
+    from kdray.runtime.driver import fit
 
     res = fit(cfg, run_name=args.name or cfg.name, storage_path=args.storage_path,
               tracking_uri=args.tracking_uri, address=args.address)

@@ -16,7 +16,7 @@ import yaml
 
 import kdray.runtime.local_cluster as cluster_mod
 from kdray.runtime.cluster import ClusterConfigError, local_two_node_cluster, validate_cluster_yaml
-from kdray.runtime.tuner import TRIAL_SLOT
+from kdray.runtime.tune import TRIAL_SLOT
 
 CLUSTERS = Path(__file__).parents[1] / "clusters"
 AWS = CLUSTERS / "aws.yaml"

@@ -8,7 +8,7 @@ import ray
 
 from kdray.config import ExperimentConfig
 from kdray.runtime.cluster import local_two_node_cluster
-from kdray.runtime.fit import fit
+from kdray.runtime.driver import fit
 
 root, tmp = sys.argv[1], sys.argv[2]
 cfg = ExperimentConfig().override({
