@@ -75,7 +75,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from kdray.runtime.report import study_table
+    from kdray.runtime.mlflow_store import study_table
 
     print(study_table(args.study, args.tracking_uri))
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import kill_once
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data import DataNotFoundError
@@ -82,7 +83,7 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
     cfg = small_cfg(synth_root, **{"resources.num_workers": 2})
     clean = fit(cfg, run_name="clean", storage_path=store, tracking_uri=uri)
     faulty = fit(cfg, run_name="faulty", storage_path=store, tracking_uri=uri,
-                 fault={"epoch": 2, "rank": 1, "marker": str(tmp_path / "killed")})
+                 epoch_hooks=[kill_once(epoch=2, rank=1, marker=str(tmp_path / "killed"))])
     assert (tmp_path / "killed").exists(), "the fault was not injected"
     assert clean.metrics["epoch"] == faulty.metrics["epoch"] == 3
     for k in ("train/loss", "val/acc_5w1s", "val/acc_5w1s_ci95"):
@@ -155,7 +156,7 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
         epochs = client.get_metric_history(run_id, "epoch")
         assert [m.step for m in epochs] == [1, 2], (key, [m.step for m in epochs])
     table = (tmp_path / "results" / "tiny.md").read_text()
-    from kdray.runtime.report import study_table
+    from kdray.runtime.mlflow_store import study_table
 
     assert study_table("tiny", uri) == table  # `kdray report tiny` reads it back from MLflow
     assert "| oversized |" in table and "error" in table

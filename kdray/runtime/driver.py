@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,10 @@ from kdray.engine.checkpoint import CKPT_NAME
 
 if TYPE_CHECKING:
     from kdray.study.spec import Study
+
+#: called at the start of every epoch on every worker as `hook(epoch, rank)`; shipped to the
+#: workers by value (cloudpickle), e.g. a test's fault injection
+EpochHook = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ class RunResult:
 
 def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
                  tracking: dict[str, Any] | None, in_tune: bool = False,
-                 fault: dict | None = None):
+                 epoch_hooks: Sequence[EpochHook] = ()):
     """The TorchTrainer for one run (built inside a Tune trial or directly)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -50,8 +55,8 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
         callbacks.append(TuneReportCallback())
     loop_config = {"cfg": cfg.to_dict(), "tracking": tracking, "run_name": run_name,
                    "storage_path": storage_path}
-    if fault:
-        loop_config["_fault"] = fault
+    if epoch_hooks:
+        loop_config["epoch_hooks"] = list(epoch_hooks)
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
@@ -69,7 +74,7 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         tracking_uri: str | None = None, experiment: str = "kdray", address: str | None = None,
-        parent_run_id: str | None = None, fault: dict | None = None,
+        parent_run_id: str | None = None, epoch_hooks: Sequence[EpochHook] = (),
         raise_on_error: bool = True) -> RunResult:
     """Train `cfg` as one Ray Train run. Re-running with the same `run_name` and `storage_path`
     resumes from that run's last checkpoint.
@@ -82,7 +87,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
         experiment: MLflow experiment name.
         address: Ray address (None/"local" = start a local instance in-process).
         parent_run_id: optional MLflow parent run.
-        fault: test hook {"epoch", "rank", "marker"}: SIGKILL one worker once.
+        epoch_hooks: `hook(epoch, rank)` calls at every epoch start on every worker.
     """
     import mlflow
 
@@ -102,7 +107,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
                 "run_key": f"fit/{run_name}"}
     ensure_ray(address)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
-                           fault=fault)
+                           epoch_hooks=epoch_hooks)
     try:
         result = trainer.fit()
     except Exception as e:  # TrainingFailedError: the run's MLflow record is already marked
