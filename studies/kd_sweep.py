@@ -3,10 +3,11 @@
     python studies/kd_sweep.py --preset smoke      # generated few-shot data, CPU, a few minutes
 """
 
+from kdray.presets import method_space
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
 from kdray.search import Budget
-from kdray.study import Study, method_space
+from kdray.study import Study
 
 PRESETS = {
     "smoke": {"data.dataset": "synthetic_fs", "data.image_size": 32, "data.batch_size": 64,

@@ -8,8 +8,9 @@ from helpers import load_study
 
 from kdray.config import ExperimentConfig
 from kdray.methods import METHODS
+from kdray.presets import method_space
 from kdray.search import Budget, Choice, Float, Int, inside, select
-from kdray.study import Row, Study, method_space
+from kdray.study import Row, Study
 
 _M = "method_cfg."
 RANGES = {"w": Float(0.1, 10.0, log=True), "t": Float(1.0, 8.0), "k": Int(1, 4),

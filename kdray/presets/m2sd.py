@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from kdray.presets import method_space
 from kdray.search import Budget
-from kdray.study.spec import method_space
 
 _M = "method_cfg."
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from kdray.presets import method_space
 from kdray.search import Budget
-from kdray.study.spec import method_space
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 _M = "method_cfg."

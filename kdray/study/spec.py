@@ -8,22 +8,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from kdray.config import ConfigError, ExperimentConfig
-from kdray.search import Budget, Choice, Domain, select
+from kdray.search import Budget, Choice, Domain
 
 ROW_KEY = "row"
 SEED_KEY = "seed"
 T = TypeVar("T")
 #: a value, or a function of the study's base config giving it (e.g. columns from the protocol)
 OfBase = T | Callable[[ExperimentConfig], T]
-
-
-def method_space(method: str, keys: Iterable[str],
-                 narrowed: Mapping[str, Domain] | None = None) -> dict[str, Domain]:
-    """`method_cfg.<key>` ranges of `method`, read from its `Config.SEARCH` (the one place they are
-    written) through the method registry; `narrowed` ranges must lie inside them."""
-    from kdray.methods import METHODS
-
-    return select(METHODS[method].Config.SEARCH, keys, prefix="method_cfg.", narrowed=narrowed)
 
 
 @dataclass(frozen=True)
