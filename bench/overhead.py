@@ -50,7 +50,7 @@ def main() -> None:
 
     import ray
 
-    from kdray.runtime.fit import fit
+    from kdray.runtime.driver import fit
     from kdray.runtime.session import ensure_ray
 
     t0 = time.perf_counter()
@@ -66,8 +66,8 @@ def main() -> None:
         train_s = sum(h["perf/epoch_s"] for h in res.history)
         rows[workers] = (steady_step(res.history), wall, wall - train_s)
 
-    from kdray.runtime.study import Row, Study
-    from kdray.runtime.tuner import run_study
+    from kdray.runtime.tune import run_study
+    from kdray.study import Row, Study
 
     base = job(root, 5, 1)
     study = Study(name="bench_overhead", base=base, metric="train/loss", mode="min",

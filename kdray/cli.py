@@ -1,4 +1,4 @@
-"""`kdray` command line: train, study, eval, report."""
+"""`kdray` command line: train, study, eval, report, cluster validate."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def cmd_train(args) -> int:
         res = run_local(cfg, args.out)
         print(json.dumps({"metrics": res.metrics, "checkpoint": args.out}, indent=2))
         return 0
-    from kdray.runtime.fit import fit
+    from kdray.runtime.driver import fit
 
     res = fit(cfg, run_name=args.name or cfg.name, storage_path=args.storage_path,
               tracking_uri=args.tracking_uri, address=args.address)
@@ -75,9 +75,22 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from kdray.runtime.report import study_table
+    from kdray.runtime.mlflow_store import study_table
 
     print(study_table(args.study, args.tracking_uri))
+    return 0
+
+
+def cmd_cluster(args) -> int:
+    """`kdray cluster validate FILE`: Ray's offline checks of a `ray up` YAML; "ok" or the error."""
+    from kdray.runtime.cluster import ClusterConfigError, validate_cluster_yaml
+
+    try:
+        validate_cluster_yaml(args.file)
+    except ClusterConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"ok: {args.file}")
     return 0
 
 
@@ -104,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="print a study's results table from MLflow")
     r.add_argument("study")
     r.add_argument("--tracking-uri", default=None)
+    c = sub.add_parser("cluster", help="cluster launcher files: `kdray cluster validate FILE`")
+    c.add_argument("action", choices=["validate"],
+                   help="validate: the checks `ray up` makes before it calls a cloud API")
+    c.add_argument("file", help="a `ray up` cluster YAML, e.g. clusters/aws.yaml")
     args, rest = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -111,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_study(args, rest)
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
-        return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[args.cmd](args)
+        return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report,
+                "cluster": cmd_cluster}[args.cmd](args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -6,21 +6,17 @@ TPE search (ASHA) over w_cskd, a and the schedule. Writes results/cskd_ablation_
     python studies/cskd_ablation.py --preset imagenet   # DeiT-Ti + RegNetY-16GF (also imagenet_s/_b)
 """
 
-from kdray.config import ExperimentConfig
 from kdray.presets import cskd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import study_stage
-from kdray.runtime.study import Row, Study
+from kdray.runtime.driver import study_stage
+from kdray.study import Study
 
 
 def build(preset: str) -> Study:
-    base = ExperimentConfig(method="cskd", name=f"cskd_ablation_{preset}").override(
-        P.PRESETS[preset])
-    samples, grace, factor = P.SEARCH[preset]
-    return Study(
-        name=f"cskd_ablation_{preset}", base=base, metric="val/top1", mode="max",
-        rows=tuple(Row(label, over, P.paper_number(key, preset)) for label, key, over in P.ROWS),
-        space=dict(P.SPACE), num_samples=samples, grace_period=grace, reduction_factor=factor,
+    return Study.from_preset(
+        "cskd_ablation", preset, method="cskd", overrides=P.PRESETS[preset], rows=P.ROWS,
+        paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
+        budget=P.BUDGET[preset], metric="val/top1",
         columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
         description="Cumulative Spatial KD (CNN teacher -> DeiT student): ablation ladder, then a "
                     "TPE search. Paper column: ImageNet-1k top-1 (methods.md §4.5).")

@@ -3,11 +3,11 @@
     python studies/kd_sweep.py --preset smoke      # generated few-shot data, CPU, a few minutes
 """
 
-from kdray.config import ExperimentConfig
+from kdray.presets import method_space
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import study_stage
-from kdray.runtime.study import Row, Study
-from kdray.search import Float
+from kdray.runtime.driver import study_stage
+from kdray.search import Budget
+from kdray.study import Study
 
 PRESETS = {
     "smoke": {"data.dataset": "synthetic_fs", "data.image_size": 32, "data.batch_size": 64,
@@ -22,14 +22,12 @@ PRESETS = {
 
 
 def build(preset: str) -> Study:
-    base = ExperimentConfig(method="kd", name="kd_sweep").override(PRESETS[preset])
-    return Study(
-        name=f"kd_sweep_{preset}", base=base,
-        metric="val/acc_5w1s" if base.eval.kind == "fewshot" else "val/top1", mode="max",
-        rows=(Row("CE student", {"method": "ce"}), Row("KD tau=4", {})),
-        space={"method_cfg.tau": Float(1.0, 8.0), "method_cfg.w_kd": Float(0.1, 2.0)},
-        num_samples=4, grace_period=1,
-        columns=(("5w1s", "val/acc_5w1s"), ("5w5s", "val/acc_5w5s"))
+    return Study.from_preset(
+        "kd_sweep", preset, method="kd", overrides=PRESETS[preset], config_name="kd_sweep",
+        rows=(("CE student", "", {"method": "ce"}), ("KD tau=4", "", {})),
+        space=method_space("kd", ("tau", "w_kd")), budget=Budget(4, 1),
+        metric=lambda base: "val/acc_5w1s" if base.eval.kind == "fewshot" else "val/top1",
+        columns=lambda base: (("5w1s", "val/acc_5w1s"), ("5w5s", "val/acc_5w5s"))
         if base.eval.kind == "fewshot" else (("top-1", "val/top1"),),
         description="Hinton KD (tau, w_kd searched) against the CE-trained student.")
 

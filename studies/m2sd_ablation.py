@@ -12,8 +12,8 @@ from kdray.config import ExperimentConfig
 from kdray.data.fscil import protocol_for
 from kdray.presets import m2sd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import study_stage
-from kdray.runtime.study import Row, Study
+from kdray.runtime.driver import study_stage
+from kdray.study import Study
 
 
 def stage1_config(study: Study, preset: str) -> ExperimentConfig:
@@ -24,22 +24,21 @@ def stage1_config(study: Study, preset: str) -> ExperimentConfig:
 
 def build(preset: str) -> Study:
     common, _, stage2 = P.PRESETS[preset]
-    base = ExperimentConfig(method="m2sd", name=f"m2sd_ablation_{preset}").override(
-        {**common, **stage2})
-    samples, grace, factor = P.SEARCH[preset]
+    return Study.from_preset(
+        "m2sd_ablation", preset, method="m2sd", overrides={**common, **stage2}, rows=P.ROWS,
+        paper=lambda key, base: P.paper_number(key, base.data.dataset), space=P.SPACE,
+        budget=P.BUDGET[preset], metric="val/fscil_avg",
+        columns=lambda base: P.columns(protocol_for(base.data).sessions), description=_describe)
+
+
+def _describe(base: ExperimentConfig) -> str:
     ds = base.data.dataset
     refs = "; ".join(P.REFERENCE.get(ds, {}).values()) or "none (generated data)"
-    return Study(
-        name=f"m2sd_ablation_{preset}", base=base, metric="val/fscil_avg", mode="max",
-        rows=tuple(Row(label, over, P.paper_number(key, ds)) for label, key, over in P.ROWS),
-        space=dict(P.SPACE), num_samples=samples, grace_period=grace, reduction_factor=factor,
-        columns=P.columns(protocol_for(base.data).sessions),
-        description=(
-            f"M2SD on {ds} ({base.model.arch}): every row starts from one stage-1 (CE base "
+    return (f"M2SD on {ds} ({base.model.arch}): every row starts from one stage-1 (CE base "
             f"training) checkpoint and trains {base.train.epochs} more epochs on the base session. "
             "Columns: top-1 (%) over all seen classes after each session (S0 = base), Avg, "
             "PD = S0 - last, and base / novel accuracy and their harmonic mean after the last "
-            f"session. References (methods.md §5.5, recalled): {refs}."))
+            f"session. References (methods.md §5.5, recalled): {refs}.")
 
 
 def with_stage1(study: Study, args) -> Study:

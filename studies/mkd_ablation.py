@@ -9,24 +9,19 @@ Writes results/mkd_ablation_<preset>.md.
     python studies/mkd_ablation.py --preset coco --set model.teacher_ckpt=retinanet_r101.pt
 """
 
-from kdray.config import ExperimentConfig
 from kdray.presets import mkd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import study_stage
-from kdray.runtime.study import Row, Study
+from kdray.runtime.driver import study_stage
+from kdray.study import Study
 
 COLUMNS = tuple((k, f"val/{k}") for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"))
 
 
 def build(preset: str) -> Study:
-    base = ExperimentConfig(method="mkd", name=f"mkd_ablation_{preset}").override(
-        P.PRESETS[preset])
-    samples, grace, factor = P.SEARCH[preset]
-    return Study(
-        name=f"mkd_ablation_{preset}", base=base, metric="val/AP", mode="max",
-        rows=tuple(Row(label, over, P.paper_number(key, preset)) for label, key, over in P.ROWS),
-        space=dict(P.SPACE), num_samples=samples, grace_period=grace, reduction_factor=factor,
-        columns=COLUMNS,
+    return Study.from_preset(
+        "mkd_ablation", preset, method="mkd", overrides=P.PRESETS[preset], rows=P.ROWS,
+        paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
+        budget=P.BUDGET[preset], metric="val/AP", columns=COLUMNS,
         description="MKD (masked-input RetinaNet student, adaptive decoder, FGD global loss): "
                     "ablation ladder, then a TPE search. Ours: COCO box AP in [0, 1]; paper "
                     "column: COCO val2017 box AP in % (methods.md §2.5; paper teacher assumed "

@@ -10,8 +10,8 @@ Writes results/smkd_ablation_<preset>.md.
 from kdray.config import ExperimentConfig
 from kdray.presets import smkd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import study_stage
-from kdray.runtime.study import Row, Study
+from kdray.runtime.driver import study_stage
+from kdray.study import Study
 
 
 def phase1_config(study: Study, preset: str) -> ExperimentConfig:
@@ -21,15 +21,12 @@ def phase1_config(study: Study, preset: str) -> ExperimentConfig:
 
 def build(preset: str) -> Study:
     common, _, phase2 = P.PRESETS[preset]
-    base = ExperimentConfig(method="smkd", name=f"smkd_ablation_{preset}").override(
-        {**common, **phase2})
-    samples, grace, factor = P.SEARCH[preset]
-    return Study(
-        name=f"smkd_ablation_{preset}", base=base, metric="val/acc_5w1s", mode="max",
-        rows=tuple(Row(label, over, P.paper_number(key, preset)) for label, key, over in P.ROWS),
-        space=dict(P.SPACE), num_samples=samples, grace_period=grace, reduction_factor=factor,
+    return Study.from_preset(
+        "smkd_ablation", preset, method="smkd", overrides={**common, **phase2}, rows=P.ROWS,
+        paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
+        budget=P.BUDGET[preset], metric="val/acc_5w1s",
         columns=(("5w1s", "val/acc_5w1s"), ("5w5s", "val/acc_5w5s")),
-        description=(
+        description=lambda base: (
             f"SMKD on {base.data.dataset}, {base.model.arch}: every row starts from one phase-1 "
             f"(iBOT) checkpoint and trains {base.train.epochs} more epochs, so 'phase 1 only' is "
             "iBOT continued for the same compute. 5-way prototype accuracy (%) ± 95% CI on "

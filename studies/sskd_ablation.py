@@ -20,20 +20,16 @@ from kdray.methods.sskd.method import teacher_states
 from kdray.modules.teachers import write_card
 from kdray.presets import sskd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.stages import study_stage
-from kdray.runtime.study import Row, Study
+from kdray.runtime.driver import study_stage
+from kdray.study import Study
 
 
 def build(preset: str) -> Study:
-    base = ExperimentConfig(method="sskd", name=f"sskd_ablation_{preset}").override(
-        P.PRESETS[preset])
-    samples, grace, factor = P.SEARCH[preset]
-    t, s = base.model.teacher_arch, base.model.arch
-    return Study(
-        name=f"sskd_ablation_{preset}", base=base, metric="val/top1", mode="max",
-        rows=tuple(Row(label, over, P.paper_number(key, t, s, preset))
-                   for label, key, over in P.ROWS),
-        space=dict(P.SPACE), num_samples=samples, grace_period=grace, reduction_factor=factor,
+    return Study.from_preset(
+        "sskd_ablation", preset, method="sskd", overrides=P.PRESETS[preset], rows=P.ROWS,
+        paper=lambda key, base: P.paper_number(key, base.model.teacher_arch, base.model.arch,
+                                               preset),
+        space=P.SPACE, budget=P.BUDGET[preset], metric="val/top1",
         columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
         description="SSKD (CNN teacher -> CNN student): ablation ladder, then a TPE search. "
                     "Paper column: CIFAR-100 top-1 of the same pair (methods.md §3.6).")

@@ -15,3 +15,20 @@ def load_study(name: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def kill_once(epoch: int, rank: int, marker: str):
+    """An epoch hook for `fit(..., epoch_hooks=[...])`: SIGKILL the worker of `rank` once, at the
+    start of `epoch`; `marker` (a file) records that it happened. A closure, so Ray ships it to
+    the workers by value (the workers cannot import this module)."""
+    import os
+    import signal
+
+    def hook(ep: int, rk: int) -> None:
+        if ep != epoch or rk != rank or os.path.exists(marker):
+            return
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    return hook

@@ -4,7 +4,7 @@ import sys
 
 from kdray.config import ExperimentConfig
 from kdray.runtime.cli_study import main
-from kdray.runtime.study import Row, Study
+from kdray.study import Row, Study
 
 ROOT = sys.argv.pop(1)
 

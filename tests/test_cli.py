@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from kdray.cli import main
 
 
-@pytest.mark.parametrize("sub", [[], ["train"], ["study"], ["eval"], ["report"]])
+@pytest.mark.parametrize("sub", [[], ["train"], ["study"], ["eval"], ["report"], ["cluster"]])
 def test_help(sub, capsys):
     with pytest.raises(SystemExit) as e:
         main([*sub, "--help"])
@@ -28,6 +29,24 @@ def test_bad_key_is_rejected_before_ray(capsys, monkeypatch):
     assert main(["train", "--method", "nope"]) == 2
     assert "choose one of" in capsys.readouterr().err
     assert main(["study", "no_such_study"]) == 2
+
+
+def test_cluster_validate_exit_codes(tmp_path, capsys):
+    """`kdray cluster validate FILE`: 0 and "ok" for a valid file; 2 and the error, no traceback,
+    for an invalid or missing one."""
+    local = Path(__file__).resolve().parents[1] / "clusters" / "local.yaml"
+    assert main(["cluster", "validate", str(local)]) == 0
+    assert "ok" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster_name: x\nmax_workers: many\nprovider: {type: local}\n")
+    assert main(["cluster", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "max_workers" in err and "Traceback" not in err
+    assert main(["cluster", "validate", str(tmp_path / "missing.yaml")]) == 2
+    assert "cannot read YAML" in capsys.readouterr().err
+    out = subprocess.run([sys.executable, "-m", "kdray.cli", "cluster", "validate", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "max_workers" in out.stderr
 
 
 def test_console_script_installed():

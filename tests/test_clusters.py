@@ -11,12 +11,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import local_cluster as cluster_mod
 import pytest
 import yaml
+from local_cluster import local_two_node_cluster
 
-import kdray.runtime.local_cluster as cluster_mod
-from kdray.runtime.cluster import ClusterConfigError, local_two_node_cluster, validate_cluster_yaml
-from kdray.runtime.tuner import TRIAL_SLOT
+from kdray.runtime.cluster import ClusterConfigError, validate_cluster_yaml
+from kdray.runtime.tune import TRIAL_SLOT
 
 CLUSTERS = Path(__file__).parents[1] / "clusters"
 AWS = CLUSTERS / "aws.yaml"

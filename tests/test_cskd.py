@@ -344,7 +344,7 @@ def test_deit_recipe_batches_reach_the_method(cifar_root):
 
 def test_smoke_cifar10_run_reports_every_ablation_row(cifar_root, tmp_path):
     from kdray.engine.runner import run_local, train
-    from kdray.runtime.study import write_results_md
+    from kdray.study.table import write_results_md
 
     study = load_study("cskd_ablation").build("smoke")
     small = {"data.root": cifar_root, "train.epochs": 1, "train.steps_per_epoch": 3,

@@ -22,7 +22,7 @@ from kdray.eval.fscil import (
     session_metrics,
     summary_metrics,
 )
-from kdray.runtime.fscil_artifacts import plot_sessions, write_sessions_parquet
+from kdray.eval.fscil_table import plot_sessions, session_table, write_sessions_parquet
 
 SHARED = Path(__file__).parents[1].parent / "shared" / "data"
 
@@ -174,7 +174,8 @@ def test_session_artifacts(tmp_path):
 def test_tracker_logs_session_table_and_curve(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from kdray.runtime.tracking import TrialTracker, default_tracking_uri, get_or_create_experiment
+    from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
+    from kdray.runtime.tracking import TrialTracker
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -184,7 +185,7 @@ def test_tracker_logs_session_table_and_curve(tmp_path, monkeypatch):
                       run_name="r")
     p, rows, tr_f, tr_y = _toy()
     rec = run_sessions(p, rows, tr_f, tr_y, tr_f[:6], tr_y[:6])
-    tr.log_eval({"sessions": rec}, session_metrics(rec), epoch=1)
+    tr.log_eval({"sessions": session_table(rec)}, session_metrics(rec), epoch=1)
     names = {Path(f.path).name for f in client.list_artifacts(tr.run_id, "eval")}
     assert {"sessions.parquet", "sessions.png", "episodes.parquet"} <= names
     local = client.download_artifacts(tr.run_id, "eval/sessions.parquet", str(tmp_path / "dl"))

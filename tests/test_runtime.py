@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers import kill_once
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data import DataNotFoundError
@@ -42,9 +43,9 @@ def no_ray(monkeypatch):
 
 
 def test_bad_inputs_fail_before_ray(no_ray, tmp_path, synth_root):
-    from kdray.runtime.fit import fit
-    from kdray.runtime.study import Row, Study
-    from kdray.runtime.tuner import run_study
+    from kdray.runtime.driver import fit
+    from kdray.runtime.tune import run_study
+    from kdray.study import Row, Study
 
     uri = f"sqlite:///{tmp_path}/m.db"
     with pytest.raises(DataNotFoundError) as e:
@@ -75,14 +76,14 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
     final metrics; the MLflow run holds params, per-epoch metrics and every artifact."""
     import mlflow
 
-    from kdray.runtime.fit import fit
+    from kdray.runtime.driver import fit
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     store = str(tmp_path / "ray")
     cfg = small_cfg(synth_root, **{"resources.num_workers": 2})
     clean = fit(cfg, run_name="clean", storage_path=store, tracking_uri=uri)
     faulty = fit(cfg, run_name="faulty", storage_path=store, tracking_uri=uri,
-                 fault={"epoch": 2, "rank": 1, "marker": str(tmp_path / "killed")})
+                 epoch_hooks=[kill_once(epoch=2, rank=1, marker=str(tmp_path / "killed"))])
     assert (tmp_path / "killed").exists(), "the fault was not injected"
     assert clean.metrics["epoch"] == faulty.metrics["epoch"] == 3
     for k in ("train/loss", "val/acc_5w1s", "val/acc_5w1s_ci95"):
@@ -155,7 +156,7 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
         epochs = client.get_metric_history(run_id, "epoch")
         assert [m.step for m in epochs] == [1, 2], (key, [m.step for m in epochs])
     table = (tmp_path / "results" / "tiny.md").read_text()
-    from kdray.runtime.report import study_table
+    from kdray.runtime.mlflow_store import study_table
 
     assert study_table("tiny", uri) == table  # `kdray report tiny` reads it back from MLflow
     assert "| oversized |" in table and "error" in table
@@ -184,8 +185,8 @@ def test_two_raylet_cluster_runs_a_two_worker_fit(tmp_path, synth_root):
 def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
     """A row may switch method (CE row in a KD study); the KD-only search keys must not be
     applied to it, but a typo in the space must still fail before Ray."""
-    from kdray.runtime.study import Row, Study
     from kdray.search import Float
+    from kdray.study import Row, Study
 
     base = small_cfg(synth_root, method="kd")
     study = Study(name="v", base=base, metric="val/acc_5w1s",
@@ -203,7 +204,8 @@ def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
 def test_results_table_adds_across_seed_mean_and_sample_std(tmp_path):
     """Rows run with several seeds get a second table: mean ± sample std (ddof=1) per row over
     the finished seeds; searched trials and failed seeds are left out of it."""
-    from kdray.runtime.study import Row, Study, write_results_md
+    from kdray.study import Row, Study
+    from kdray.study.table import write_results_md
 
     study = Study(name="s", base=ExperimentConfig(), metric="val/top1",
                   rows=(Row("CE", {}, "70.0"), Row("KD", {})), columns=(("top-1", "val/top1"),))
@@ -228,9 +230,8 @@ def test_results_table_adds_across_seed_mean_and_sample_std(tmp_path):
 def test_stage_reuses_a_finished_run_and_never_resumes_a_different_config(tmp_path, monkeypatch):
     """run_stage: the same config is trained once and then reused; a changed config trains in a
     new run folder (Ray Train would otherwise resume the old config's checkpoints)."""
-    import kdray.runtime.fit as fit_module
-    from kdray.runtime.fit import RunResult
-    from kdray.runtime.stages import run_stage
+    import kdray.runtime.driver as driver
+    from kdray.runtime.driver import RunResult, run_stage
 
     calls = []
 
@@ -242,7 +243,7 @@ def test_stage_reuses_a_finished_run_and_never_resumes_a_different_config(tmp_pa
         return RunResult(metrics={"val/top1": 1.0}, history=[], mlflow_run_id=None,
                          checkpoint_path=str(ckpt))
 
-    monkeypatch.setattr(fit_module, "fit", fake_fit)
+    monkeypatch.setattr(driver, "fit", fake_fit)
     cfg = ExperimentConfig(method="ce")
     first = run_stage(cfg, "teacher", storage_path=str(tmp_path))
     again = run_stage(cfg, "teacher", storage_path=str(tmp_path))

@@ -389,7 +389,7 @@ def test_smoke_study_trains_t1_t2_registers_the_teacher_and_runs_rows(tmp_path, 
     """The study's `before` hook with stages run in-process at a tiny size (no Ray): T1 (ce) and
     T2 (sskd_teacher) checkpoints, a teacher card, then the CE-only and full SSKD rows."""
     from kdray.engine.runner import run_local, train
-    from kdray.runtime.stages import StageResult
+    from kdray.runtime.driver import StageResult
 
     mod = load_study("sskd_ablation")
     tiny = {"train.epochs": 1, "train.steps_per_epoch": 2, "data.batch_size": 16,

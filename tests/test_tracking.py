@@ -10,17 +10,13 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from kdray.runtime import artifacts
-from kdray.runtime.tracking import (
-    NullTracker,
-    StudyRun,
-    TrialTracker,
+from kdray.runtime.mlflow_store import (
     default_artifact_location,
     default_tracking_uri,
     get_or_create_experiment,
-    start_study_run,
-    terminate_run,
 )
+from kdray.runtime.tracking import RunLogger, StudyRun, TrialTracker, start_study_run
+from kdray.study import artifacts
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -206,8 +202,8 @@ def test_trial_resume_identity_and_noop(store) -> None:
     assert moved.run_id != first.run_id  # identity is (parent, run_key)
 
     n_runs = len(client.search_runs([exp]))
-    for noop in (NullTracker(), TrialTracker(uri, exp, parent, run_key="s/trial_3",
-                                             run_name="t3", enabled=False)):
+    for noop in (RunLogger(), TrialTracker(uri, exp, parent, run_key="s/trial_3",
+                                           run_name="t3", enabled=False)):
         assert noop.run_id is None and not noop.enabled
         assert noop.log_params({"a": 1}) == 0 and noop.log_metrics({"a": 1.0}, 0) == 0
         assert noop.log_eval(_records({(1, "proto"): [1.0]}), {}, 0) is None
@@ -227,7 +223,7 @@ def test_study_parent_reuse_and_resume(store) -> None:
     TrialTracker(uri, exp, p1, run_key="s/t", run_name="t", tags={"kdray.study": "s"})
     assert start_study_run(uri, "studies", "s") == p1
     assert start_study_run(uri, "studies", "other") != p1
-    terminate_run(uri, p1, "FINISHED")
+    RunLogger(client, p1).set_terminated("FINISHED")
     p2 = start_study_run(uri, "studies", "s")  # finished and no resume: a new parent
     assert p2 != p1
     StudyRun(uri, "studies", "s").set_terminated("KILLED")

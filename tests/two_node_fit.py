@@ -5,10 +5,10 @@ import json
 import sys
 
 import ray
+from local_cluster import local_two_node_cluster
 
 from kdray.config import ExperimentConfig
-from kdray.runtime.cluster import local_two_node_cluster
-from kdray.runtime.fit import fit
+from kdray.runtime.driver import fit
 
 root, tmp = sys.argv[1], sys.argv[2]
 cfg = ExperimentConfig().override({

@@ -12,10 +12,10 @@ evaluation transform: since the backbone is frozen, this equals extracting them 
 Metrics (percent): ``val/fscil_s<t>`` per session, ``val/fscil_avg`` (mean over all sessions,
 session 0 included), ``val/fscil_pd`` (first - last), ``val/fscil_last``, and for the last
 session ``val/fscil_base``, ``val/fscil_novel`` and their harmonic mean ``val/fscil_hm``.
-Records: ``{"sessions": [...]}``, one row per session, compatible with the episode-record schema
-(``episode_id`` = session, ``way`` = seen classes, ``classifier`` = "fscil_proto", ``accuracy`` in
-[0, 1]) plus ``session``, ``seen_classes``, ``n_test``, ``n_train``, ``base_acc``, ``novel_acc``,
-``hm`` (percent; NaN where undefined).
+Records: ``{"sessions": session_table(...)}`` (kdray.eval.fscil_table), one row per session,
+compatible with the episode-record schema (``episode_id`` = session, ``way`` = seen classes,
+``classifier`` = "fscil_proto", ``accuracy`` in [0, 1]) plus ``session``, ``seen_classes``,
+``n_test``, ``n_train``, ``base_acc``, ``novel_acc``, ``hm`` (percent; NaN where undefined).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import Tensor
 
 from kdray.data.fscil import FscilData, Protocol, RowsDataset, fscil_data
 from kdray.eval.fewshot import EvalResult, extract_features
+from kdray.eval.fscil_table import session_table
 
 if TYPE_CHECKING:
     from torch.utils.data import Dataset
@@ -161,4 +162,5 @@ class FscilEvaluator:
         full_f[idx], full_y[idx] = tr_f, tr_y
         records = run_sessions(self.data.protocol, self.data.session_rows, full_f, full_y,
                                te_f, te_y)
-        return EvalResult(metrics=session_metrics(records), records={"sessions": records})
+        return EvalResult(metrics=session_metrics(records),
+                          records={"sessions": session_table(records)})

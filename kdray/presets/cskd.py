@@ -19,7 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdray.search import Choice, Float
+from kdray.presets import method_space
+from kdray.search import Budget
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -93,9 +94,8 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("Cumulative Spatial KD CKF cos", "", {_M + "alpha_schedule": "cos"}),
 )
 
-# TPE over the loss weights and the fusion schedule (methods.md §6), on top of the last row.
-SPACE = {_M + "w_cskd": Float(0.5, 2.0), _M + "a": Float(0.25, 0.75),
-         _M + "alpha_schedule": Choice(["linear", "x2", "cos"]), _M + "alpha_end": Float(0.0, 0.5)}
-# (searched trials, ASHA grace period in epochs, reduction factor)
-SEARCH = {"smoke": (4, 1, 2), "imagenet": (16, 100, 3), "imagenet_s": (16, 100, 3),
-          "imagenet_b": (16, 100, 3)}
+# TPE over the loss weights and the fusion schedule (methods.md §6), on top of the last row;
+# the ranges are CSKDConfig.SEARCH's.
+SPACE = method_space("cskd", ("w_cskd", "a", "alpha_schedule", "alpha_end"))
+BUDGET = {"smoke": Budget(4, 1, 2), "imagenet": Budget(16, 100, 3),
+          "imagenet_s": Budget(16, 100, 3), "imagenet_b": Budget(16, 100, 3)}

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdray.search import Choice, Float
+from kdray.presets import method_space
+from kdray.search import Budget
 
 _M = "method_cfg."
 
@@ -100,10 +101,8 @@ def columns(sessions: int) -> tuple[tuple[str, str], ...]:
                   ("novel", "val/fscil_novel"), ("HM", "val/fscil_hm"))
 
 
-# TPE over α and the loss weights (methods.md §6), on top of the full row.
-SPACE = {_M + "alpha": Choice([0.2, 0.5, 1.0]), _M + "w_mix": Float(0.1, 10.0, log=True),
-         _M + "w_kl": Float(0.1, 10.0, log=True), _M + "w_sd": Float(0.1, 10.0, log=True),
-         _M + "w_at": Float(0.1, 10.0, log=True)}
-# (searched trials, ASHA grace period in stage-2 epochs, reduction factor)
-SEARCH = {"smoke": (4, 1, 2), "cifar100": (24, 10, 2), "mini_imagenet": (24, 10, 2),
-          "cub200": (24, 10, 2)}
+# TPE over α and the loss weights (methods.md §6), on top of the full row; the ranges are
+# M2SDConfig.SEARCH's. ASHA's grace period counts stage-2 epochs.
+SPACE = method_space("m2sd", ("alpha", "w_mix", "w_kl", "w_sd", "w_at"))
+BUDGET = {"smoke": Budget(4, 1, 2), "cifar100": Budget(24, 10, 2),
+          "mini_imagenet": Budget(24, 10, 2), "cub200": Budget(24, 10, 2)}

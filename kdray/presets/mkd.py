@@ -22,7 +22,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdray.methods.mkd.method import MKDConfig
+from kdray.presets import method_space
+from kdray.search import Budget
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 _M = "method_cfg."
@@ -87,6 +88,5 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 # TPE over lambda, gamma, mask ratio and decoder depth (methods.md §2.2 / §6), on the last row.
-SPACE = {_M + k: d for k, d in MKDConfig.SEARCH.items()}
-# (searched trials, ASHA grace period in epochs, reduction factor)
-SEARCH = {"smoke": (4, 1, 2), "coco": (12, 12, 2), "coco_r18": (12, 12, 2)}
+SPACE = method_space("mkd", ("w_feat", "w_global", "mask_ratio", "decoder_depth"))
+BUDGET = {"smoke": Budget(4, 1, 2), "coco": Budget(12, 12, 2), "coco_r18": Budget(12, 12, 2)}

@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdray.search import Choice, Float
+from kdray.presets import method_space
+from kdray.search import Budget, Choice
 
 _M = "method_cfg."
 
@@ -111,12 +112,12 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 # TPE over lambda_patch, the teacher temperature and the mask-ratio range (methods.md §6). Searched
 # trials are scored on the val split (model selection as in the paper); the rows report eval.split.
+# The method ranges are SMKDConfig.SEARCH's; the mask-ratio range is a data setting (no method
+# Config holds it) and eval.split a constant of every searched trial.
 SPACE = {
-    _M + "w_patch": Float(0.0, 2.0),
-    _M + "teacher_temp": Float(0.04, 0.07),
+    **method_space("smkd", ("w_patch", "teacher_temp")),
     "data.mask_ratio": Choice(["0.05,0.25", "0.1,0.5", "0.25,0.65"]),   # mean 0.15 / 0.3 / 0.45
     "eval.split": Choice(["val"]),
 }
-# (searched trials, ASHA grace period in epochs, reduction factor)
-SEARCH = {"smoke": (2, 1, 2), "cifar_fs": (16, 30, 2), "fc100": (16, 30, 2),
-          "mini_imagenet": (16, 30, 2)}
+BUDGET = {"smoke": Budget(2, 1, 2), "cifar_fs": Budget(16, 30, 2), "fc100": Budget(16, 30, 2),
+          "mini_imagenet": Budget(16, 30, 2)}

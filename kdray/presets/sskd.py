@@ -21,7 +21,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdray.search import Choice, Float
+from kdray.presets import method_space
+from kdray.search import Budget
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 (methods.md §3.4, gotcha 6)
@@ -135,8 +136,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SSKD full (ratio_ss=0.75)", "sskd", {_M + "ratio_ss": 0.75}),
 )
 
-# TPE over the self-supervision knobs (methods.md §6), on top of the last row.
-SPACE = {_M + "w_ss": Float(1.0, 20.0), _M + "w_tf": Float(0.5, 5.0),
-         _M + "tau_ss": Float(0.1, 1.0), _M + "ratio_ss": Choice([0.0, 0.25, 0.5, 0.75, 1.0])}
-# (searched trials, ASHA grace period in epochs, reduction factor)
-SEARCH = {"smoke": (4, 1, 2), "cifar100": (16, 60, 2), "imagenet": (8, 30, 2)}
+# TPE over the self-supervision knobs (methods.md §6), on top of the last row; the ranges are
+# SSKDConfig.SEARCH's.
+SPACE = method_space("sskd", ("w_ss", "w_tf", "tau_ss", "ratio_ss"))
+BUDGET = {"smoke": Budget(4, 1, 2), "cifar100": Budget(16, 60, 2), "imagenet": Budget(8, 30, 2)}

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from kdray.config import ConfigError, parse_overrides
-from kdray.runtime.study import Study
+from kdray.study.spec import Study, with_resources
 
 
 def study_parser(description: str, presets: list[str]) -> argparse.ArgumentParser:
@@ -39,7 +39,7 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
     """Parse flags, build the preset's Study, apply overrides, run it."""
     from dataclasses import replace
 
-    from kdray.runtime.tuner import run_study, with_resources
+    from kdray.runtime.tune import run_study
 
     args = study_parser(description, presets).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1,5 +1,4 @@
-"""Cluster helpers: offline validation of `ray up` YAMLs (`validate_cluster_yaml`) and, from
-`kdray.runtime.local_cluster`, a 2-raylet Ray cluster on this machine (`local_two_node_cluster`).
+"""Offline validation of `ray up` cluster YAMLs (`kdray cluster validate FILE`).
 
 `validate_cluster_yaml` runs the checks `ray up` makes before it touches a cloud API (pitfalls.md,
 "Ray cluster launcher config"), so a broken `clusters/*.yaml` fails in CI, not after an AMI boots.
@@ -14,8 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from kdray.runtime.local_cluster import LocalCluster, local_two_node_cluster  # noqa: F401
 
 
 class ClusterConfigError(ValueError):

@@ -1,4 +1,5 @@
-"""MLflow store helpers: tracking URIs, experiments with explicit ids, finding runs by tag."""
+"""MLflow store helpers: tracking URIs, experiments with explicit ids, finding runs by tag, and
+`study_table` (`kdray report`: a study's results table read back from its parent run)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+from kdray.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +91,7 @@ def _quote(value: str) -> str:
     raise ValueError(f"tag value {value!r} holds both quote characters")
 
 
-def _find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], *,
+def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str], *,
               running_only: bool = False, newest: bool = False) -> Run | None:
     """The oldest (or newest) active run in the experiment carrying all `tags`."""
     clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in tags.items()]
@@ -103,13 +106,13 @@ def _find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str],
     return runs[0] if runs else None
 
 
-def _reopen(client: MlflowClient, run: Run) -> None:
+def reopen(client: MlflowClient, run: Run) -> None:
     """Mark a reused run RUNNING again (a crash or an earlier end left it terminal)."""
     if run.info.status != "RUNNING":
         client.update_run(run.info.run_id, status="RUNNING")
 
 
-def _param_value(key: str, value: Any) -> str:
+def param_value(key: str, value: Any) -> str:
     """MLflow param text: lists/tuples/dicts as JSON, capped at MLflow's length limit."""
     if isinstance(value, (list, tuple)):
         text = json.dumps(list(value), default=str)
@@ -123,7 +126,7 @@ def _param_value(key: str, value: Any) -> str:
     return text
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     """A finite float from numbers, numpy scalars or 0-dim tensors; None otherwise."""
     if value is None or isinstance(value, (str, bytes)):
         return None
@@ -134,7 +137,21 @@ def _as_float(value: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def _chunks(items: Sequence, size: int) -> Iterable[Sequence]:
+def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
+def study_table(study: str, tracking_uri: str | None = None) -> str:
+    """`results/<study>.md` of the newest parent run of `study` (`kdray report <study>`)."""
+    client = MlflowClient(tracking_uri or default_tracking_uri())
+    exp = client.get_experiment_by_name(study)
+    if exp is None:
+        raise ConfigError(f"no MLflow experiment named {study!r} in {client.tracking_uri}")
+    parents = client.search_runs([exp.experiment_id],
+                                 f"tags.`{TAG_STUDY}` = '{study}' and tags.`{TAG_ROLE}` = 'study'",
+                                 order_by=["attributes.start_time DESC"], max_results=1)
+    if not parents:
+        raise ConfigError(f"no study run for {study!r} in experiment {exp.experiment_id}")
+    path = client.download_artifacts(parents[0].info.run_id, f"results/{study}.md")
+    with open(path) as f:
+        return f.read()

@@ -4,7 +4,7 @@ Only `MlflowClient` with explicit experiment/run ids: the fluent API exports and
 `MLFLOW_EXPERIMENT_ID` (inherited by Ray workers) and puts nested runs in experiment 0 (pitfalls
 P5, D3). Runs are found again by tags so restarts append to them (D4): a study parent by
 `kdray.study`, a trial by `kdray.run_key` under its parent. Only rank 0 logs (D1); other ranks
-get a `NullTracker` or `TrialTracker(..., enabled=False)`, whose methods do nothing.
+get a `TrialTracker(..., enabled=False)`, whose methods do nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
@@ -23,26 +24,22 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from kdray.runtime import artifacts, fscil_artifacts
-from kdray.runtime.mlflow_store import (  # noqa: F401 - re-exported
-    _SQLITE,
+from kdray.eval.table import Table
+from kdray.runtime.mlflow_store import (
     STATUSES,
     TAG_GIT,
     TAG_PARENT,
     TAG_ROLE,
     TAG_RUN_KEY,
     TAG_STUDY,
-    _as_float,
-    _chunks,
-    _find_run,
-    _param_value,
-    _quote,
-    _reopen,
-    default_artifact_location,
-    default_tracking_uri,
-    get_or_create_experiment,
+    as_float,
+    chunks,
+    find_run,
+    param_value,
+    reopen,
     resolve_experiment,
 )
+from kdray.study import artifacts
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +72,13 @@ class RunLogger:
             self._params = dict(self._client.get_run(self._run_id).data.params)
         new = []
         for key, value in flat.items():
-            text, old = _param_value(key, value), self._params.get(key)
+            text, old = param_value(key, value), self._params.get(key)
             if old is None:
                 new.append(Param(key, text))
             elif old != text:
                 log.warning("param %s is %r in run %s; not changing it to %r",
                             key, old, self._run_id, text)
-        for chunk in _chunks(new, MAX_PARAMS_TAGS_PER_BATCH):
+        for chunk in chunks(new, MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, params=chunk)
             self._params.update({p.key: p.value for p in chunk})
         return len(new)
@@ -94,8 +91,8 @@ class RunLogger:
         """Set (or overwrite) run tags; values are stringified like params."""
         if not self.enabled:
             return
-        items = [RunTag(k, _param_value(k, v)) for k, v in tags.items()]
-        for chunk in _chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
+        items = [RunTag(k, param_value(k, v)) for k, v in tags.items()]
+        for chunk in chunks(items, MAX_PARAMS_TAGS_PER_BATCH):
             self._client.log_batch(self._run_id, tags=chunk)
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> int:
@@ -105,13 +102,13 @@ class RunLogger:
         stamp = int(time.time() * 1000)
         batch = []
         for key, value in metrics.items():
-            x = _as_float(value)
+            x = as_float(value)
             if x is None:
                 log.warning("metric %s=%r at step %d is not a finite number; skipped",
                             key, value, step)
             else:
                 batch.append(Metric(key, x, stamp, int(step)))
-        for chunk in _chunks(batch, MAX_METRICS_PER_BATCH):
+        for chunk in chunks(batch, MAX_METRICS_PER_BATCH):
             self._client.log_batch(self._run_id, metrics=chunk)
         return len(batch)
 
@@ -140,11 +137,13 @@ class RunLogger:
 
     def log_eval(self, result_records: Mapping[str, list[dict]], summary: Mapping[str, Any],
                  epoch: int) -> dict | None:
-        """Log `episodes.parquet` and `summary.json` to `eval/` (latest) and `eval/epoch_XXX/`.
+        """Log the evaluation tables to `eval/` (latest) and `eval/epoch_XXX/`.
 
-        `result_records` is `{group: [episode record, ...]}` (see `kdray.runtime.artifacts`);
-        `summary` (the evaluator's own numbers) is kept as `reported` in `summary.json`.
-        Returns the summary written, or None when disabled.
+        Every row list of `result_records` (`{name: [record, ...]}`) goes into `episodes.parquet`
+        and `summary.json` as episode records (see `kdray.study.artifacts`); a
+        `kdray.eval.table.Table` is also written as `<name>.parquet` and, with a plot,
+        `<name>.png`. `summary` (the evaluator's own numbers) is kept as `reported` in
+        `summary.json`. Returns the summary written, or None when disabled.
         """
         if not self.enabled:
             return None
@@ -153,10 +152,10 @@ class RunLogger:
                                              epoch=epoch)
             written = artifacts.write_summary_json(result_records, Path(tmp) / "summary.json",
                                                    epoch=epoch, reported=summary)
-            if result_records.get("sessions"):  # FSCIL session table + curve
-                fscil_artifacts.write_sessions_parquet(result_records["sessions"],
-                                                       Path(tmp) / "sessions.parquet", epoch)
-                fscil_artifacts.plot_sessions(result_records["sessions"], Path(tmp) / "sessions.png")
+            for name, rows in result_records.items():
+                if isinstance(rows, Table) and rows:
+                    pq.write_table(rows.arrow(epoch), str(Path(tmp) / f"{name}.parquet"))
+                    rows.plot(Path(tmp) / f"{name}.png")
             self.log_dir(tmp, "eval")  # latest, overwritten each evaluation
             self.log_dir(tmp, f"eval/epoch_{int(epoch):03d}")
         return written
@@ -190,13 +189,6 @@ class RunLogger:
             self._client.set_terminated(self._run_id, status)
 
 
-class NullTracker(RunLogger):
-    """The tracker of ranks != 0: same methods, logs nothing, `run_id` is None."""
-
-    def __init__(self) -> None:
-        super().__init__(None, None)
-
-
 class TrialTracker(RunLogger):
     """Child run of one trial, found again by (`parent_run_id`, `run_key`) so restarts append.
 
@@ -220,12 +212,12 @@ class TrialTracker(RunLogger):
         key_tags = {TAG_RUN_KEY: run_key, TAG_ROLE: "trial"}
         if parent_run_id:
             key_tags[TAG_PARENT] = parent_run_id
-        run = _find_run(client, experiment_id, key_tags)
+        run = find_run(client, experiment_id, key_tags)
         if run is None:
             run = client.create_run(experiment_id, tags=key_tags, run_name=run_name)
         else:
             self.resumed = True
-            _reopen(client, run)
+            reopen(client, run)
         self._client, self._run_id = client, run.info.run_id
         if tags:
             self.set_tags(tags)
@@ -248,13 +240,13 @@ class StudyRun(RunLogger):
         client = MlflowClient(tracking_uri)
         self.experiment_id = resolve_experiment(client, str(experiment), artifact_location)
         key_tags = {TAG_ROLE: "study", TAG_STUDY: study_name}
-        run = _find_run(client, self.experiment_id, key_tags, running_only=not resume,
+        run = find_run(client, self.experiment_id, key_tags, running_only=not resume,
                         newest=True)
         self.resumed = run is not None
         if run is None:
             run = client.create_run(self.experiment_id, tags=key_tags, run_name=study_name)
         else:
-            _reopen(client, run)
+            reopen(client, run)
         super().__init__(client, run.info.run_id)
         if tags:
             self.set_tags(tags)
@@ -268,8 +260,3 @@ def start_study_run(tracking_uri: str, experiment: str, study_name: str,
     """Start or find the parent run of `study_name` in `experiment` (name or id); return its id."""
     run = StudyRun(tracking_uri, experiment, study_name, params=params, tags=tags, resume=resume)
     return run.run_id
-
-
-def terminate_run(tracking_uri: str, run_id: str, status: str = "FINISHED") -> None:
-    """End a run by id (e.g. the study parent from `start_study_run`)."""
-    RunLogger(MlflowClient(tracking_uri), run_id).set_terminated(status)

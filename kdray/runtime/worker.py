@@ -1,13 +1,13 @@
 """Ray Train worker: rebuilds the config, runs the engine, reports per epoch, logs rank-0 MLflow.
 
-The only file that sees `ray.train` inside a worker. It knows no method by name.
+The only file that sees `ray.train` inside a worker. It knows no method or task by name: the
+evaluator's tables reach MLflow through `TrialTracker.log_eval`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import tempfile
 from typing import Any
 
@@ -25,93 +25,28 @@ from kdray.runtime.tracking import TrialTracker
 log = logging.getLogger(__name__)
 
 
-def _maybe_inject_fault(spec: dict | None, epoch: int, rank: int) -> None:
-    """Test hook: SIGKILL this worker once at the start of `spec['epoch']` on `spec['rank']`."""
-    if not spec or epoch != spec["epoch"] or rank != spec["rank"]:
-        return
-    marker = spec["marker"]
-    if os.path.exists(marker):
-        return
-    with open(marker, "w") as f:
-        f.write(str(os.getpid()))
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _device(cfg: ExperimentConfig) -> torch.device:
-    if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
-        return ray.train.torch.get_device()
-    return torch.device("cpu")
-
-
 def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """One DDP worker of a run: `config` holds the config dict, the MLflow coordinates
+    (`tracking`), `run_name`, `storage_path` and optional `epoch_hooks` (`hook(epoch, rank)`)."""
     cfg = ExperimentConfig.from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, cfg.resources.cpus_per_worker))
-    tr = config.get("tracking") or {}
-    tracker = TrialTracker(tr.get("uri"), tr.get("experiment_id"), tr.get("parent_run_id"),
-                           run_key=tr.get("run_key", config.get("run_name", "run")),
-                           run_name=tr.get("run_name") or config.get("run_name", "run"),
-                           enabled=rank == 0 and bool(tr.get("uri")))
-    resume = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            resume = load_checkpoint(os.path.join(d, CKPT_NAME))
-        log.info("rank %d resuming from %s at epoch %d", rank, ckpt.path, resume["epoch"])
-    else:
+    tracker = _tracker(config, rank)
+    resume = _resume_state(rank)
+    if resume is None:
         tracker.log_params(cfg.flatten())
         tracker.log_dict_json(cfg.to_dict(), "config.json")
         node = ray.get_runtime_context().get_node_id()
         tracker.log_environment({"world_size": world, "storage": config.get("storage_path"),
                                  "node_ids": all_gather_object(node)})
     tracker.set_tag("kdray.status", "running")
-    fault = config.get("_fault")
-    history: list[dict] = list(resume.get("history", [])) if resume else []
-    last_ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
-    last_records: dict[str, list[dict]] = {}
-
-    def finish(e: EpochEnd | None) -> None:
-        """Everything final is recorded before the last report: once Tune has seen the last
-        epoch it may stop this process at any moment (ASHA, end of study, Ctrl-C)."""
-        tracker.log_curves(history)
-        if last_records.get("episodes"):
-            tracker.log_episode_hist(last_records["episodes"])
-        storage = str(config.get("storage_path") or "")
-        if "://" in storage and not storage.startswith("file://"):
-            tracker.set_tag("kdray.checkpoint_uri", f"{storage}/{config.get('run_name')}")
-        else:
-            tracker.log_file(os.path.join(last_ckpt_dir, CKPT_NAME), "checkpoint")
-        tracker.set_tag("kdray.status", "finished")
-        tracker.set_terminated("FINISHED")
-
-    def on_epoch_end(e: EpochEnd) -> None:
-        history.append(e.metrics)
-        checkpoint = None
-        if rank == 0:
-            tracker.log_metrics(e.metrics, step=e.epoch + 1)
-            if e.records:
-                last_records.update(e.records)
-                tracker.log_eval(e.records, {k: v for k, v in e.metrics.items()
-                                             if k.startswith("val/")}, e.epoch + 1)
-            save_checkpoint(e.make_state(), last_ckpt_dir)
-            checkpoint = ray.train.Checkpoint.from_directory(last_ckpt_dir)
-            if e.is_last:
-                finish(e)
-        # every rank reports exactly once per epoch (Ray's report is a barrier)
-        ray.train.report({k: v for k, v in e.metrics.items()}, checkpoint=checkpoint)
-
+    run = _Reporter(config, tracker, rank, resume)
     if resume is not None and resume["epoch"] >= cfg.train.epochs:
-        # The run had finished, but its last report was not consumed before the interruption
-        # (pitfalls P10): record the end and report the final metrics again, on every rank.
-        if rank == 0:
-            save_checkpoint(resume, last_ckpt_dir)
-            finish(None)
-        ray.train.report(dict(history[-1]), checkpoint=None)
-        return {"metrics": history[-1], "mlflow_run_id": tracker.run_id, "history": history}
-
-    callbacks = Callbacks(on_log=tracker.log_metrics, on_epoch_end=on_epoch_end,
-                          on_epoch_start=lambda ep: _maybe_inject_fault(fault, ep, rank))
+        return run.report_finished(resume)
+    hooks = list(config.get("epoch_hooks") or ())
+    callbacks = Callbacks(on_log=tracker.log_metrics, on_epoch_end=run.on_epoch_end,
+                          on_epoch_start=lambda ep: [h(ep, rank) for h in hooks])
     try:
         result = train(cfg, callbacks=callbacks, resume=resume, device=_device(cfg))
     except KeyboardInterrupt:
@@ -123,3 +58,81 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         tracker.set_terminated("FAILED")
         raise
     return {"metrics": result.metrics, "mlflow_run_id": tracker.run_id, "history": result.history}
+
+
+def _tracker(config: dict[str, Any], rank: int) -> TrialTracker:
+    """The run's MLflow child run on rank 0 (found again on a restart); a no-op elsewhere."""
+    tr = config.get("tracking") or {}
+    return TrialTracker(tr.get("uri"), tr.get("experiment_id"), tr.get("parent_run_id"),
+                        run_key=tr.get("run_key", config.get("run_name", "run")),
+                        run_name=tr.get("run_name") or config.get("run_name", "run"),
+                        enabled=rank == 0 and bool(tr.get("uri")))
+
+
+def _resume_state(rank: int) -> dict[str, Any] | None:
+    """The state of the run's last checkpoint after a restart, else None."""
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        state = load_checkpoint(os.path.join(d, CKPT_NAME))
+    log.info("rank %d resuming from %s at epoch %d", rank, ckpt.path, state["epoch"])
+    return state
+
+
+def _device(cfg: ExperimentConfig) -> torch.device:
+    if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+class _Reporter:
+    """Per-epoch reporting of one worker: metrics, eval tables and checkpoints (rank 0) to MLflow
+    and Ray, one `ray.train.report` per epoch on every rank (Ray's report is a barrier)."""
+
+    def __init__(self, config: dict[str, Any], tracker: TrialTracker, rank: int,
+                 resume: dict[str, Any] | None) -> None:
+        self.config, self.tracker, self.rank = config, tracker, rank
+        self.history: list[dict] = list(resume.get("history", [])) if resume else []
+        self.ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
+        self.records: dict[str, list[dict]] = {}
+
+    def finish(self) -> None:
+        """Everything final is recorded before the last report: once Tune has seen the last
+        epoch it may stop this process at any moment (ASHA, end of study, Ctrl-C)."""
+        tr = self.tracker
+        tr.log_curves(self.history)
+        if self.records.get("episodes"):
+            tr.log_episode_hist(self.records["episodes"])
+        storage = str(self.config.get("storage_path") or "")
+        if "://" in storage and not storage.startswith("file://"):
+            tr.set_tag("kdray.checkpoint_uri", f"{storage}/{self.config.get('run_name')}")
+        else:
+            tr.log_file(os.path.join(self.ckpt_dir, CKPT_NAME), "checkpoint")
+        tr.set_tag("kdray.status", "finished")
+        tr.set_terminated("FINISHED")
+
+    def on_epoch_end(self, e: EpochEnd) -> None:
+        self.history.append(e.metrics)
+        checkpoint = None
+        if self.rank == 0:
+            self.tracker.log_metrics(e.metrics, step=e.epoch + 1)
+            if e.records:
+                self.records.update(e.records)
+                self.tracker.log_eval(e.records, {k: v for k, v in e.metrics.items()
+                                                  if k.startswith("val/")}, e.epoch + 1)
+            save_checkpoint(e.make_state(), self.ckpt_dir)
+            checkpoint = ray.train.Checkpoint.from_directory(self.ckpt_dir)
+            if e.is_last:
+                self.finish()
+        ray.train.report({k: v for k, v in e.metrics.items()}, checkpoint=checkpoint)
+
+    def report_finished(self, resume: dict[str, Any]) -> dict[str, Any]:
+        """The run had finished, but its last report was not consumed before the interruption
+        (pitfalls P10): record the end and report the final metrics again, on every rank."""
+        if self.rank == 0:
+            save_checkpoint(resume, self.ckpt_dir)
+            self.finish()
+        ray.train.report(dict(self.history[-1]), checkpoint=None)
+        return {"metrics": self.history[-1], "mlflow_run_id": self.tracker.run_id,
+                "history": self.history}

@@ -1,24 +1,20 @@
-"""Studies: ablation rows x seeds (grid) and/or a searched space (Optuna TPE), with ASHA.
-
-Layers: `run_study` (driver: Tuner + searcher + scheduler + MLflow parent run) → `_trial`
-(one Tune trial = one Ray Train run, see `kdray.runtime.fit.make_trainer`) → the Train worker.
-"""
+"""`Study` and `Row`: what a study runs (ablation rows x seeds, a searched space, its budget), as
+plain data. No Ray: `kdray.runtime.tune.run_study` runs it."""
 
 from __future__ import annotations
 
-import logging
-import math
-import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from kdray.config import ConfigError, ExperimentConfig
-from kdray.search import Choice, Domain, Float, Int
-
-log = logging.getLogger(__name__)
+from kdray.search import Budget, Choice, Domain
 
 ROW_KEY = "row"
 SEED_KEY = "seed"
+T = TypeVar("T")
+#: a value, or a function of the study's base config giving it (e.g. columns from the protocol)
+OfBase = T | Callable[[ExperimentConfig], T]
 
 
 @dataclass(frozen=True)
@@ -33,7 +29,7 @@ class Row:
 @dataclass(frozen=True)
 class Study:
     """What to run. Either `rows` (grid over named settings) or `space` (searched) or both: with
-    both, every sampled point is applied on top of each row."""
+    both, every sampled point is applied on top of the search row (default: the last row)."""
 
     name: str
     base: ExperimentConfig
@@ -59,12 +55,36 @@ class Study:
         if self.scheduler not in ("asha", "none"):
             raise ConfigError(f"study.scheduler: {self.scheduler!r}; choose asha or none")
         if self.search == "grid" and self.space:
-            raise ConfigError("study.search='grid' takes rows and seeds; use optuna/random for space")
+            raise ConfigError("study.search='grid' takes rows and seeds; use optuna/random for "
+                              "space")
         if self.num_samples < 1:
             raise ConfigError("study.num_samples must be >= 1")
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"study rows need unique labels, got {labels}")
+
+    @classmethod
+    def from_preset(cls, study: str, preset: str, *, method: str, overrides: Mapping[str, Any],
+                    rows: Iterable[tuple[str, str, Mapping[str, Any]]], metric: OfBase[str],
+                    columns: OfBase[tuple[tuple[str, str], ...]], space: Mapping[str, Domain],
+                    budget: Budget, description: OfBase[str] = "",
+                    paper: Callable[[str, ExperimentConfig], str] = lambda key, base: "",
+                    config_name: str | None = None, mode: str = "max") -> Study:
+        """The study `<study>_<preset>` of a preset: base = `method` with the preset's dotted-key
+        `overrides` (config name `config_name`, default the study name); `rows` as (label, paper
+        key, overrides), the paper column from `paper(key, base)`; `metric`, `columns` and
+        `description` as values or functions of the base config."""
+        name = f"{study}_{preset}"
+        base = ExperimentConfig(method=method, name=config_name or name).override(dict(overrides))
+
+        def of_base(v):
+            return v(base) if callable(v) else v
+
+        rows = tuple(Row(label, dict(over), paper(key, base)) for label, key, over in rows)
+        return cls(name=name, base=base, metric=of_base(metric), mode=mode, rows=rows,
+                   space=dict(space), num_samples=budget.samples, grace_period=budget.grace,
+                   reduction_factor=budget.reduction_factor, columns=tuple(of_base(columns)),
+                   description=of_base(description))
 
     # -------------------------------------------------------------------- configs
     def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
@@ -112,22 +132,29 @@ class Study:
         return out
 
 
+def with_resources(study: Study, *, workers_per_trial: int | None = None,
+                   gpus_per_worker: float | None = None, cpus_per_worker: int | None = None,
+                   num_samples: int | None = None, seeds: tuple[int, ...] | None = None) -> Study:
+    """The study with command-line resource/sample overrides applied to its base config."""
+    over: dict[str, Any] = {}
+    if workers_per_trial is not None:
+        over["resources.num_workers"] = workers_per_trial
+    if gpus_per_worker is not None:
+        over["resources.gpus_per_worker"] = gpus_per_worker
+    if cpus_per_worker is not None:
+        over["resources.cpus_per_worker"] = cpus_per_worker
+    s = replace(study, base=study.base.override(over)) if over else study
+    if num_samples is not None:
+        s = replace(s, num_samples=num_samples)
+    if seeds is not None:
+        s = replace(s, seeds=tuple(seeds))
+    return s
+
+
 def _corner(d: Domain, low: bool) -> Any:
     if isinstance(d, Choice):
         return d.values[0 if low else -1]
     return d.low if low else d.high
-
-
-def to_tune(d: Domain):
-    from ray import tune
-
-    if isinstance(d, Choice):
-        return tune.choice(list(d.values))
-    if isinstance(d, Float):
-        return tune.loguniform(d.low, d.high) if d.log else tune.uniform(d.low, d.high)
-    if isinstance(d, Int):  # Tune's integer upper bound is exclusive; ours is inclusive
-        return tune.lograndint(d.low, d.high + 1) if d.log else tune.randint(d.low, d.high + 1)
-    raise TypeError(f"unknown domain {d!r}")
 
 
 def trial_name(params: dict[str, Any], index: int) -> str:
@@ -139,87 +166,3 @@ def trial_name(params: dict[str, Any], index: int) -> str:
     if SEED_KEY in params:
         parts.append(f"s{params[SEED_KEY]}")
     return "-".join(p.replace(" ", "_").replace("/", "_") for p in parts)
-
-
-def safe_metric_name(key: str) -> str:
-    return key
-
-
-def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One table row per trial: label, seed, searched params, metric columns, run id, status."""
-    rows = []
-    for t in trials:
-        m = t.get("metrics") or {}
-        rows.append({"label": t.get("label") or t["name"], "seed": t.get("seed"),
-                     "params": t.get("params", {}), "metrics": m, "run_id": t.get("run_id"),
-                     "status": t.get("status"), "paper": t.get("paper", ""),
-                     "epochs": m.get("epoch")})
-    return rows
-
-
-def fmt_ci(m: dict[str, Any], key: str) -> str:
-    v = m.get(key)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    ci = m.get(key + "_ci95")
-    return f"{v:.2f} ± {ci:.2f}" if ci is not None else f"{v:.4g}"
-
-
-def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
-                     header: dict[str, str]) -> str:
-    """results/<study>.md: one row per trial, mean ± 95% CI, the paper's number, MLflow run id."""
-    cols = list(study.columns) or [(study.metric, study.metric)]
-    lines = [f"# {study.name}", ""]
-    if study.description:
-        lines += [study.description, ""]
-    lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| setting | seed | " + " | ".join(h for h, _ in cols)
-              + " | paper | epochs | status | MLflow run |",
-              "|---" * (len(cols) + 6) + "|"]
-    for r in rows:
-        params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
-        label = r["label"] + (f" ({params})" if params else "")
-        lines.append(f"| {label} | {r['seed']} | "
-                     + " | ".join(fmt_ci(r["metrics"], k) for _, k in cols)
-                     + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {r['status']} | "
-                     f"`{r['run_id'] or '–'}` |")
-    lines += seed_summary(rows, cols)
-    lines.append("")
-    text = "\n".join(lines)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-    return text
-
-
-def seed_summary(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> list[str]:
-    """Markdown lines of a second table, mean ± sample std (ddof=1) over the finished seeds of
-    each ablation row, when some row has two or more; empty otherwise."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if not r["params"] and r["status"] == "finished":
-            groups.setdefault(r["label"], []).append(r)
-    if max((len(g) for g in groups.values()), default=0) < 2:
-        return []
-    out = ["", "Across seeds (mean ± sample std over finished seeds):", "",
-           "| setting | seeds | " + " | ".join(h for h, _ in cols) + " | paper |",
-           "|---" * (len(cols) + 3) + "|"]
-    for label, g in groups.items():
-        cells = []
-        for _, key in cols:
-            v = [float(r["metrics"][key]) for r in g if r["metrics"].get(key) is not None]
-            if not v:
-                cells.append("–")
-                continue
-            mean = sum(v) / len(v)
-            std = math.sqrt(sum((x - mean) ** 2 for x in v) / (len(v) - 1)) if len(v) > 1 else 0.0
-            cells.append(f"{mean:.2f} ± {std:.2f}" if len(v) > 1 else f"{mean:.2f}")
-        seeds = ",".join(str(r["seed"]) for r in g)
-        out.append(f"| {label} | {seeds} | " + " | ".join(cells) + f" | {g[0]['paper'] or '–'} |")
-    return out
-
-
-def _short(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

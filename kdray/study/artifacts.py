@@ -1,7 +1,7 @@
 """Artifact files for tracked runs: episode tables, eval summaries, plots and environment info.
 
-Pure writers (pyarrow, matplotlib's Agg canvas, stdlib); nothing here talks to MLflow, so `tracking.py` can log
-the files and tests can read them without a tracking store.
+Pure writers (pyarrow, matplotlib's Agg canvas, stdlib); nothing here talks to MLflow, so
+`kdray.runtime.tracking` can log the files and tests can read them without a tracking store.
 
 An *episode record* is one evaluated few-shot episode as a dict with keys `episode_id`, `way`,
 `shot`, `queries` (per class), `class_ids` (list of ints), `classifier` and `accuracy`; `epoch` is

@@ -1,13 +1,26 @@
-"""`fit(cfg)`: one training run as a Ray Train V2 TorchTrainer with DDP over N workers."""
+"""The driver: `fit(cfg)`, one training run as a Ray Train V2 TorchTrainer with DDP over N
+workers, and `run_stage`, a `fit` that later trials depend on (a teacher, a phase-1 model), run
+once and reused: its checkpoint path and metrics are recorded in `<storage>/stages/<name>.json`."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kdray.checkpoint import CKPT_NAME
 from kdray.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from kdray.study.spec import Study
+
+#: called at the start of every epoch on every worker as `hook(epoch, rank)`; shipped to the
+#: workers by value (cloudpickle), e.g. a test's fault injection
+EpochHook = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +36,7 @@ class RunResult:
 
 def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
                  tracking: dict[str, Any] | None, in_tune: bool = False,
-                 fault: dict | None = None):
+                 epoch_hooks: Sequence[EpochHook] = ()):
     """The TorchTrainer for one run (built inside a Tune trial or directly)."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -42,8 +55,8 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
         callbacks.append(TuneReportCallback())
     loop_config = {"cfg": cfg.to_dict(), "tracking": tracking, "run_name": run_name,
                    "storage_path": storage_path}
-    if fault:
-        loop_config["_fault"] = fault
+    if epoch_hooks:
+        loop_config["epoch_hooks"] = list(epoch_hooks)
     return TorchTrainer(
         train_fn_per_worker,
         train_loop_config=loop_config,
@@ -61,7 +74,7 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
 
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         tracking_uri: str | None = None, experiment: str = "kdray", address: str | None = None,
-        parent_run_id: str | None = None, fault: dict | None = None,
+        parent_run_id: str | None = None, epoch_hooks: Sequence[EpochHook] = (),
         raise_on_error: bool = True) -> RunResult:
     """Train `cfg` as one Ray Train run. Re-running with the same `run_name` and `storage_path`
     resumes from that run's last checkpoint.
@@ -74,12 +87,12 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
         experiment: MLflow experiment name.
         address: Ray address (None/"local" = start a local instance in-process).
         parent_run_id: optional MLflow parent run.
-        fault: test hook {"epoch", "rank", "marker"}: SIGKILL one worker once.
+        epoch_hooks: `hook(epoch, rank)` calls at every epoch start on every worker.
     """
     import mlflow
 
+    from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
     from kdray.runtime.session import ensure_ray, preflight, resolve_paths
-    from kdray.runtime.tracking import default_tracking_uri, get_or_create_experiment
 
     cfg = resolve_paths(cfg)  # workers may run in another directory
     preflight(cfg)  # before any Ray resource starts
@@ -94,7 +107,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
                 "run_key": f"fit/{run_name}"}
     ensure_ray(address)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
-                           fault=fault)
+                           epoch_hooks=epoch_hooks)
     try:
         result = trainer.fit()
     except Exception as e:  # TrainingFailedError: the run's MLflow record is already marked
@@ -105,3 +118,51 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
     return RunResult(ret.get("metrics", {}), ret.get("history", []), ret.get("mlflow_run_id"), ckpt,
                      result.error)
+
+
+@dataclass
+class StageResult:
+    checkpoint: str          # path of checkpoint.pt
+    metrics: dict[str, float]
+    mlflow_run_id: str | None
+    reused: bool
+
+
+def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = None,
+              tracking_uri: str | None = None, experiment: str = "kdray",
+              address: str | None = None, parent_run_id: str | None = None) -> StageResult:
+    """Train `cfg` as stage `name` unless a finished record of the same config exists."""
+    storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or "ray_results"
+    if "://" not in storage_path:
+        storage_path = os.path.abspath(storage_path)
+    # the record sits beside local storage; with remote storage (s3://) it stays in ./.kdray/
+    base = storage_path if "://" not in storage_path else os.path.abspath(".kdray")
+    record = os.path.join(base, "stages", f"{name}.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            rec = json.load(f)
+        if rec.get("config") == cfg.to_dict() and os.path.isfile(rec["checkpoint"]):
+            log.info("stage %s: reusing %s", name, rec["checkpoint"])
+            print(f"[kdray] stage {name}: reusing finished checkpoint {rec['checkpoint']}")
+            return StageResult(rec["checkpoint"], rec["metrics"], rec.get("mlflow_run_id"), True)
+    # The run folder is keyed by the config: an interrupted stage resumes its own checkpoints,
+    # a stage whose config changed starts afresh instead of resuming the old run's.
+    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
+    run_name = f"{name}-{key.hexdigest()[:8]}"
+    print(f"[kdray] stage {name}: training {cfg.method} {cfg.model.arch} on {cfg.data.dataset} "
+          f"for {cfg.train.epochs} epochs ({run_name})")
+    res = fit(cfg, run_name=run_name, storage_path=storage_path, tracking_uri=tracking_uri,
+              experiment=experiment, address=address, parent_run_id=parent_run_id)
+    ckpt = os.path.join(res.checkpoint_path, CKPT_NAME)
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    with open(record, "w") as f:
+        json.dump({"checkpoint": ckpt, "metrics": res.metrics, "config": cfg.to_dict(),
+                   "mlflow_run_id": res.mlflow_run_id}, f, indent=2)
+    return StageResult(ckpt, res.metrics, res.mlflow_run_id, False)
+
+
+def study_stage(study: Study, args: Any, cfg: ExperimentConfig, suffix: str) -> StageResult:
+    """`run_stage` from a study's `before` hook: stage "<study>-<suffix>", tracked in the study's
+    MLflow experiment, stored and run where the study's flags (`args`) say."""
+    return run_stage(cfg, f"{study.name}-{suffix}", storage_path=args.storage_path,
+                     tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)

@@ -1,8 +1,8 @@
-"""Artifact files of the FSCIL session runner (kdray.eval.fscil): a Parquet table and a PNG curve.
+"""The FSCIL session table (kdray.eval.fscil): its Arrow schema and its accuracy-per-session curve.
 
-Pure writers (pyarrow, matplotlib's Agg canvas); `tracking.RunLogger.log_eval` calls them when an
-evaluation returns a ``"sessions"`` record group, so the files land in MLflow as
-``eval/sessions.parquet`` and ``eval/sessions.png`` (and under ``eval/epoch_XXX/``).
+`session_table` wraps the session records in a `kdray.eval.table.Table`, so the tracker writes
+them as ``eval/sessions.parquet`` and ``eval/sessions.png`` (and under ``eval/epoch_XXX/``).
+Pure writers (pyarrow, matplotlib's Agg canvas).
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from kdray.eval.table import Table
 
 SESSION_SCHEMA = pa.schema([
     ("session", pa.int64()),
@@ -27,9 +29,13 @@ SESSION_SCHEMA = pa.schema([
 ])
 
 
-def write_sessions_parquet(records: Sequence[dict], path: str | Path,
-                           epoch: int | None = None) -> int:
-    """One row per session (schema `SESSION_SCHEMA`); returns the row count."""
+def session_table(records: Sequence[dict]) -> Table:
+    """The session records as the evaluator's ``"sessions"`` table."""
+    return Table(records, to_arrow=sessions_arrow, plot=plot_sessions)
+
+
+def sessions_arrow(records: Sequence[dict], epoch: int | None = None) -> pa.Table:
+    """One row per session (schema `SESSION_SCHEMA`)."""
     cols = {
         "session": [int(r["session"]) for r in records],
         "seen_classes": [int(r["seen_classes"]) for r in records],
@@ -41,7 +47,13 @@ def write_sessions_parquet(records: Sequence[dict], path: str | Path,
         "hm": [float(r["hm"]) for r in records],
         "epoch": [epoch for _ in records],
     }
-    pq.write_table(pa.table(cols, schema=SESSION_SCHEMA), str(path))
+    return pa.table(cols, schema=SESSION_SCHEMA)
+
+
+def write_sessions_parquet(records: Sequence[dict], path: str | Path,
+                           epoch: int | None = None) -> int:
+    """`sessions_arrow` written to `path`; returns the row count."""
+    pq.write_table(sessions_arrow(records, epoch), str(path))
     return len(records)
 
 

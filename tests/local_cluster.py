@@ -1,4 +1,4 @@
-"""A 2-raylet Ray cluster on this machine (tests, `clusters/local.yaml` rehearsals).
+"""Test support: a 2-raylet Ray cluster on this machine (test_clusters.py, two_node_fit.py).
 
 `local_two_node_cluster` never calls `ray stop`, which would end every Ray instance on the machine.
 Each `ray start` runs in a new session (setsid), so every process it spawns (GCS, raylets,
@@ -27,7 +27,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass

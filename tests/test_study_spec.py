@@ -1,0 +1,130 @@
+"""Search ranges are written once (method Config.SEARCH): presets select and may narrow them;
+`Study.from_preset` builds the same Study the study scripts built by hand. No Ray."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import load_study
+
+from kdray.config import ExperimentConfig
+from kdray.methods import METHODS
+from kdray.presets import method_space
+from kdray.search import Budget, Choice, Float, Int, inside, select
+from kdray.study import Row, Study
+
+_M = "method_cfg."
+RANGES = {"w": Float(0.1, 10.0, log=True), "t": Float(1.0, 8.0), "k": Int(1, 4),
+          "s": Choice(["a", "b", "c"])}
+
+
+def test_select_keeps_order_and_prefix_and_accepts_ranges_inside():
+    space = select(RANGES, ("t", "w", "s"), prefix=_M,
+                   narrowed={"t": Float(2.0, 4.0), "s": Choice(["c", "a"])})
+    assert list(space) == [_M + "t", _M + "w", _M + "s"]
+    assert space[_M + "t"] == Float(2.0, 4.0) and space[_M + "w"] == RANGES["w"]
+    assert space[_M + "s"] == Choice(["c", "a"])
+    assert select(RANGES, ("k",), narrowed={"k": Int(1, 4)}) == {"k": Int(1, 4)}  # equal: inside
+
+
+@pytest.mark.parametrize("narrowed", [
+    {"t": Float(0.5, 4.0)},              # below the Config range
+    {"t": Float(2.0, 9.0)},              # above it
+    {"w": Float(0.1, 1.0)},              # log range narrowed to a uniform one
+    {"k": Float(1.0, 2.0)},              # another kind of range
+    {"s": Choice(["a", "z"])},           # a value the Config does not allow
+])
+def test_select_rejects_a_narrowed_range_outside_the_config_range(narrowed):
+    with pytest.raises(ValueError, match="is not inside"):
+        select(RANGES, RANGES, narrowed=narrowed)
+
+
+def test_select_rejects_unknown_and_unselected_keys():
+    with pytest.raises(ValueError, match="no range"):
+        select(RANGES, ("t", "tau"))
+    with pytest.raises(ValueError, match="not selected"):
+        select(RANGES, ("t",), narrowed={"w": Float(1.0, 2.0)})
+    assert inside(Int(2, 3), Int(1, 4)) and not inside(Int(0, 3), Int(1, 4))
+
+
+def test_budget_is_validated():
+    assert Budget(4, 1) == Budget(samples=4, grace=1, reduction_factor=2)
+    for bad in ((0, 1, 2), (4, 0, 2), (4, 1, 1)):
+        with pytest.raises(ValueError, match="budget"):
+            Budget(*bad)
+
+
+def test_method_space_reads_the_registry():
+    assert method_space("kd", ("w_kd", "tau")) == {
+        _M + "w_kd": METHODS["kd"].Config.SEARCH["w_kd"], _M + "tau": Float(1.0, 8.0)}
+    with pytest.raises(ValueError, match="not inside"):
+        method_space("kd", ("tau",), narrowed={"tau": Float(0.5, 2.0)})
+
+
+# The spaces and budgets the presets wrote out before the ranges moved to Config.SEARCH alone.
+OLD_SPACES = {
+    "cskd": {_M + "w_cskd": Float(0.5, 2.0), _M + "a": Float(0.25, 0.75),
+             _M + "alpha_schedule": Choice(["linear", "x2", "cos"]),
+             _M + "alpha_end": Float(0.0, 0.5)},
+    "m2sd": {_M + "alpha": Choice([0.2, 0.5, 1.0]), _M + "w_mix": Float(0.1, 10.0, log=True),
+             _M + "w_kl": Float(0.1, 10.0, log=True), _M + "w_sd": Float(0.1, 10.0, log=True),
+             _M + "w_at": Float(0.1, 10.0, log=True)},
+    "mkd": {_M + "w_feat": Float(0.1, 10.0, log=True), _M + "w_global": Float(1e-7, 1e-4, log=True),
+            _M + "mask_ratio": Choice([0.25, 0.5, 0.65, 0.75]),
+            _M + "decoder_depth": Choice([1, 2, 4])},
+    "smkd": {_M + "w_patch": Float(0.0, 2.0), _M + "teacher_temp": Float(0.04, 0.07),
+             "data.mask_ratio": Choice(["0.05,0.25", "0.1,0.5", "0.25,0.65"]),
+             "eval.split": Choice(["val"])},
+    "sskd": {_M + "w_ss": Float(1.0, 20.0), _M + "w_tf": Float(0.5, 5.0),
+             _M + "tau_ss": Float(0.1, 1.0), _M + "ratio_ss": Choice([0.0, 0.25, 0.5, 0.75, 1.0])},
+    "kd": {_M + "tau": Float(1.0, 8.0), _M + "w_kd": Float(0.1, 2.0)},
+}
+OLD_BUDGETS = {
+    "cskd": {"smoke": (4, 1, 2), "imagenet": (16, 100, 3), "imagenet_s": (16, 100, 3),
+             "imagenet_b": (16, 100, 3)},
+    "m2sd": {"smoke": (4, 1, 2), "cifar100": (24, 10, 2), "mini_imagenet": (24, 10, 2),
+             "cub200": (24, 10, 2)},
+    "mkd": {"smoke": (4, 1, 2), "coco": (12, 12, 2), "coco_r18": (12, 12, 2)},
+    "smkd": {"smoke": (2, 1, 2), "cifar_fs": (16, 30, 2), "fc100": (16, 30, 2),
+             "mini_imagenet": (16, 30, 2)},
+    "sskd": {"smoke": (4, 1, 2), "cifar100": (16, 60, 2), "imagenet": (8, 30, 2)},
+    "kd": {"smoke": (4, 1, 2), "cifar10": (4, 1, 2)},
+}
+STUDIES = {"cskd": "cskd_ablation", "m2sd": "m2sd_ablation", "mkd": "mkd_ablation",
+           "smkd": "smkd_ablation", "sskd": "sskd_ablation", "kd": "kd_sweep"}
+
+
+@pytest.mark.parametrize("method", sorted(STUDIES))
+def test_studies_search_the_same_space_with_the_same_budget(method):
+    """Every study x preset searches exactly the old space (keys, order, ranges) and budget."""
+    mod = load_study(STUDIES[method])
+    presets = mod.PRESETS if hasattr(mod, "PRESETS") else mod.P.PRESETS
+    assert sorted(presets) == sorted(OLD_BUDGETS[method])
+    for preset in presets:
+        s = mod.build(preset)
+        assert list(s.space.items()) == list(OLD_SPACES[method].items()), preset
+        assert (s.num_samples, s.grace_period, s.reduction_factor) == OLD_BUDGETS[method][preset]
+
+
+def test_from_preset_builds_the_hand_built_study():
+    """The old hand-written build() of the CSKD and M2SD studies against from_preset."""
+    from kdray.data.fscil import protocol_for
+    from kdray.presets import cskd, m2sd
+
+    base = ExperimentConfig(method="cskd", name="cskd_ablation_smoke").override(cskd.PRESETS["smoke"])
+    old = Study(name="cskd_ablation_smoke", base=base, metric="val/top1", mode="max",
+                rows=tuple(Row(label, over, cskd.paper_number(key, "smoke"))
+                           for label, key, over in cskd.ROWS),
+                space=dict(OLD_SPACES["cskd"]), num_samples=4, grace_period=1, reduction_factor=2,
+                columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
+                description=load_study("cskd_ablation").build("smoke").description)
+    assert load_study("cskd_ablation").build("smoke") == old
+
+    common, _, stage2 = m2sd.PRESETS["cifar100"]
+    base = ExperimentConfig(method="m2sd", name="m2sd_ablation_cifar100").override(
+        {**common, **stage2})
+    new = load_study("m2sd_ablation").build("cifar100")
+    assert new.base == base and new.metric == "val/fscil_avg"
+    assert new.columns == m2sd.columns(protocol_for(base.data).sessions)
+    assert new.rows == tuple(Row(label, over, m2sd.paper_number(key, "fscil_cifar100"))
+                             for label, key, over in m2sd.ROWS)
+    assert "CEC Avg 59.53" in new.description and "resnet20" in new.description
