@@ -181,3 +181,60 @@ def test_top1_table_pairs_per_seed_with_the_named_baseline(tmp_path):
     with pytest.raises(ConfigError, match="baseline"):
         Study(name="t", base=ExperimentConfig(), metric="val/top1", baseline="nope",
               rows=(Row("KD", {}),))
+
+
+# ------------------------------------------- same data, init and episodes across rows at a seed
+
+STUDY_SCRIPTS = ("cskd_ablation", "m2sd_ablation", "mkd_ablation", "smkd_ablation",
+                 "sskd_ablation", "kd_sweep")
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out: dict = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+@pytest.mark.parametrize("script", STUDY_SCRIPTS)
+def test_rows_of_a_seed_differ_only_in_the_method(script):
+    """Pairing rows per seed and per episode is sound only if, at a seed, every row trains on the
+    same data order (data.*, train.*, seed) from the same initialisation seed and is scored on the
+    same episodes (eval.*, eval.seed fixed across seeds too): rows may change only the method."""
+    from helpers import load_study
+
+    study = load_study(script).build("smoke")
+    for seed in (0, 1):
+        cfgs = [_flat(study.trial_config({"row": r.label, "seed": seed}).to_dict())
+                for r in study.rows]
+        assert {c["seed"] for c in cfgs} == {seed}
+        for c in cfgs[1:]:
+            differ = {k for k in cfgs[0].keys() | c.keys() if cfgs[0].get(k) != c.get(k)}
+            assert all(k == "method" or k.startswith("method_cfg.") for k in differ), differ
+    seeds = {study.trial_config({"row": study.rows[0].label, "seed": s}).eval.seed for s in (0, 7)}
+    assert seeds == {study.base.eval.seed}
+
+
+def test_smkd_rows_of_a_seed_start_from_the_same_student_weights():
+    """The engine seeds (seed_all(cfg.seed)) right before building the method, so rows whose
+    method builds the student first get bit-identical initial students at a seed."""
+    import torch
+    from helpers import load_study
+
+    from kdray.engine.loop import seed_all
+    from kdray.methods import build_method
+    from kdray.methods.base import unwrap
+
+    study = load_study("smkd_ablation").build("smoke")
+    states = []
+    for r in study.rows:
+        cfg = study.trial_config({"row": r.label, "seed": 3})
+        seed_all(cfg.seed)
+        states.append(unwrap(build_method(cfg, 10).student).state_dict())
+    for s in states[1:]:
+        assert s.keys() == states[0].keys()
+        assert all(torch.equal(s[k], states[0][k]) for k in s)
+    seed_all(4)
+    other = unwrap(build_method(study.trial_config({"row": study.rows[0].label, "seed": 4}),
+                                10).student).state_dict()
+    assert not all(torch.equal(other[k], states[0][k]) for k in other)  # the seed does matter
