@@ -101,7 +101,7 @@ def _fewshot_trial(label: str, seed: int, accs: np.ndarray) -> dict:
 
 
 def _summary_line(text: str, label: str) -> str:
-    part = text.split("Per setting over its finished seeds")[1]
+    part = text.split("Per setting over its seeds that ran to the end")[1]
     return next(line for line in part.splitlines() if line.startswith(f"| {label} |"))
 
 
@@ -238,3 +238,12 @@ def test_smkd_rows_of_a_seed_start_from_the_same_student_weights():
     other = unwrap(build_method(study.trial_config({"row": study.rows[0].label, "seed": 4}),
                                 10).student).state_dict()
     assert not all(torch.equal(other[k], states[0][k]) for k in other)  # the seed does matter
+
+
+def test_a_study_without_rows_gets_no_delta_column(tmp_path):
+    study = Study(name="g", base=ExperimentConfig(), metric="val/top1",
+                  columns=(("top-1", "val/top1"),))
+    trials = [_top1_trial("grid", s, 60.0 + s) for s in range(3)]
+    text = write_results_md(study, summarize_rows(study, trials), str(tmp_path / "g.md"), header={})
+    assert "| setting | n | top-1 | paper |\n|---|---|---|---|" in text
+    assert "| grid | 3 | 61.00 ± 1.00 | – |" in text and "Δ" not in text

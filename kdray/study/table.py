@@ -85,10 +85,11 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
 
 def row_summary(study: Study, rows: list[dict[str, Any]],
                 cols: list[tuple[str, str]]) -> list[str]:
-    """Markdown lines of the second table, one line per ablation row over its finished seeds:
-    n, mean ± sample std (ddof=1) of every column, and for each of `study.compared` the Δ vs the
-    baseline row with its 95% interval (`kdray.study.stats`). Searched trials and unfinished
-    seeds are left out; empty when the study has no finished ablation row."""
+    """Markdown lines of the second table, one line per ablation row over its seeds that ran to
+    the end (status finished): n, mean ± sample std (ddof=1) of every column, and for each of
+    `study.compared` the Δ vs the baseline row with its 95% interval (`kdray.study.stats`).
+    Searched trials and unfinished seeds are left out; empty when the study has no finished
+    ablation row."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if not r["params"] and r["status"] == "finished":
@@ -102,9 +103,10 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
     about = (f"; Δ = row − baseline `{base_label}`, 95% CI, paired per (seed, episode) for "
              f"few-shot accuracy, else per seed (t-interval, none below {stats.MIN_N} seeds); "
              "* = CI excludes 0" if compared else "")
-    out = ["", f"Per setting over its finished seeds: mean ± sample std, n seeds{about}.", "",
-           "| setting | n | " + " | ".join(h for h, _ in cols) + " | "
-           + " | ".join(f"Δ {h} [95% CI]" for h, _ in compared) + " | paper |",
+    out = ["", "Per setting over its seeds that ran to the end: mean ± sample std, "
+           f"n seeds{about}.", "",
+           "| " + " | ".join(["setting", "n", *(h for h, _ in cols),
+                              *(f"Δ {h} [95% CI]" for h, _ in compared), "paper"]) + " |",
            "|---" * (len(cols) + len(compared) + 3) + "|"]
     for label, g in groups.items():
         cells = [_mean_std_cell([r["metrics"].get(k) for r in g]) for _, k in cols]
