@@ -161,6 +161,8 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
     assert study_table("tiny", uri) == table  # `kdray report tiny` reads it back from MLflow
     assert "| oversized |" in table and "error" in table
     assert table.count("finished") == 3, table
+    # Δ vs row a, paired per episode from the trials' MLflow eval/episodes.parquet (20 episodes)
+    assert "| a | 1 |" in table and table.count("(20 episodes) |") == 2, table
 
 
 @pytest.mark.slow
