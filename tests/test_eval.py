@@ -256,6 +256,7 @@ def test_top1_evaluator_by_hand() -> None:
     assert res.metrics["val/top1"] == pytest.approx(100 * top1 / N_IMAGES, abs=1e-12)
     assert res.metrics["val/top5"] == pytest.approx(100 * top5 / N_IMAGES, abs=1e-12)
     assert res.metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert res.metrics["val/n_images"] == N_IMAGES
 
 
 def test_build_evaluator_kinds() -> None:

@@ -161,6 +161,8 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
     assert study_table("tiny", uri) == table  # `kdray report tiny` reads it back from MLflow
     assert "| oversized |" in table and "error" in table
     assert table.count("finished") == 3, table
+    # Δ vs row a, paired per episode from the trials' MLflow eval/episodes.parquet (20 episodes)
+    assert "| a | 1 |" in table and table.count("(20 episodes) |") == 2, table
 
 
 @pytest.mark.slow
@@ -201,9 +203,10 @@ def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
         bad.validate()
 
 
-def test_results_table_adds_across_seed_mean_and_sample_std(tmp_path):
-    """Rows run with several seeds get a second table: mean ± sample std (ddof=1) per row over
-    the finished seeds; searched trials and failed seeds are left out of it."""
+def test_results_table_adds_per_setting_mean_sample_std_n_and_delta(tmp_path):
+    """Every ablation row gets a line in a second table: n finished seeds, mean ± sample std
+    (ddof=1), Δ vs the baseline (first row); searched trials and failed seeds are left out of
+    it. With one seed there is one line per row too, with n = 1 and no std."""
     from kdray.study import Row, Study
     from kdray.study.table import write_results_md
 
@@ -219,12 +222,14 @@ def test_results_table_adds_across_seed_mean_and_sample_std(tmp_path):
             row("KD", 0, 63.0), row("KD", 1, 99.0, status="error"),
             row("search", 0, 90.0, params={"method_cfg.tau": 2.0})]
     text = write_results_md(study, rows, str(tmp_path / "s.md"), header={})
-    summary = text.split("Across seeds")[1]
+    summary = text.split("Per setting over its seeds that ran to the end")[1]
     # CE: mean 63, sample std sqrt(((-3)^2 + (-1)^2 + 4^2) / 2) = sqrt(13) = 3.61
-    assert "| CE | 0,1,2 | 63.00 ± 3.61 | 70.0 |" in summary
-    assert "| KD | 0 | 63.00 | – |" in summary and "search" not in summary
+    assert "| setting | n | top-1 | Δ top-1 [95% CI] | paper |" in summary
+    assert "| CE | 3 | 63.00 ± 3.61 | baseline | 70.0 |" in summary
+    assert "| KD | 1 | 63.00 | +3.00 (n too small: 1 seed) | – |" in summary
+    assert "search" not in summary
     one_seed = write_results_md(study, rows[:1], str(tmp_path / "t.md"), header={})
-    assert "Across seeds" not in one_seed
+    assert "| CE | 1 | 60.00 | baseline | 70.0 |" in one_seed
 
 
 def test_stage_reuses_a_finished_run_and_never_resumes_a_different_config(tmp_path, monkeypatch):

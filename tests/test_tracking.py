@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from kdray.runtime.mlflow_store import (
     default_artifact_location,
     default_tracking_uri,
+    episode_records,
     get_or_create_experiment,
 )
 from kdray.runtime.tracking import RunLogger, StudyRun, TrialTracker, start_study_run
@@ -179,6 +180,23 @@ def test_eval_plots_and_environment(store, tmp_path: Path) -> None:
     assert {"torch", "torchvision", "timm", "ray", "optuna", "mlflow"} <= set(env["packages"])
     assert env["packages"]["mlflow"] == info["packages"]["mlflow"] and env["world_size"] == 2
     assert env["git_sha"] is None or len(env["git_sha"]) == 40
+
+
+def test_episode_records_read_back_the_last_evaluation(store) -> None:
+    """What run_study hands the results table for the paired per-episode Δ: the last
+    evaluation's records, and None for a run that logged no episodes (top-1 evaluation)."""
+    uri, client, _ = store
+    exp = get_or_create_experiment(client, "episodes")
+    tr = TrialTracker(uri, exp, None, run_key="e", run_name="e")
+    tr.log_eval(_records({(1, "proto"): [0.2, 0.4]}), {}, epoch=1)
+    tr.log_eval(_records({(1, "proto"): [0.5, 0.75], (5, "logreg"): [1.0]}), {}, epoch=2)
+    assert episode_records(client, tr.run_id) == [
+        {"episode_id": 0, "way": 5, "shot": 1, "classifier": "proto", "accuracy": 0.5},
+        {"episode_id": 1, "way": 5, "shot": 1, "classifier": "proto", "accuracy": 0.75},
+        {"episode_id": 0, "way": 5, "shot": 5, "classifier": "logreg", "accuracy": 1.0}]
+    top1 = TrialTracker(uri, exp, None, run_key="t", run_name="t")
+    top1.log_metrics({"val/top1": 50.0}, step=1)
+    assert episode_records(client, top1.run_id) is None
 
 
 def test_trial_resume_identity_and_noop(store) -> None:

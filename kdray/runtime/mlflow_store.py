@@ -1,4 +1,5 @@
-"""MLflow store helpers: tracking URIs, experiments with explicit ids, finding runs by tag, and
+"""MLflow store helpers: tracking URIs, experiments with explicit ids, finding runs by tag,
+`episode_records` (a trial's last per-episode accuracies, for the study table's paired Δ) and
 `study_table` (`kdray report`: a study's results table read back from its parent run)."""
 
 from __future__ import annotations
@@ -7,10 +8,12 @@ import json
 import logging
 import math
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -155,3 +158,18 @@ def study_table(study: str, tracking_uri: str | None = None) -> str:
     path = client.download_artifacts(parents[0].info.run_id, f"results/{study}.md")
     with open(path) as f:
         return f.read()
+
+
+EPISODES_ARTIFACT = "eval/episodes.parquet"  # the last evaluation's records (TrialTracker.log_eval)
+_EPISODE_COLUMNS = ["episode_id", "way", "shot", "classifier", "accuracy"]
+
+
+def episode_records(client: MlflowClient, run_id: str) -> list[dict] | None:
+    """The episode records (episode_id, way, shot, classifier, accuracy) of a run's last
+    evaluation, read from its `eval/episodes.parquet`; None when the run logged none (e.g. a
+    top-1 evaluation)."""
+    if not any(f.path == EPISODES_ARTIFACT for f in client.list_artifacts(run_id, "eval")):
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, EPISODES_ARTIFACT, tmp)
+        return pq.read_table(path, columns=_EPISODE_COLUMNS).to_pylist()

@@ -148,7 +148,11 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     """
     import mlflow
 
-    from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
+    from kdray.runtime.mlflow_store import (
+        default_tracking_uri,
+        episode_records,
+        get_or_create_experiment,
+    )
     from kdray.runtime.session import ensure_ray
     from kdray.runtime.tracking import start_study_run
 
@@ -179,6 +183,9 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     ids = runs_by_key(client, exp_id, [t["run_key"] for t in trials])
     for t in trials:
         t["run_id"] = ids.get(t["run_key"])
+        if t["run_id"] and not t["params"] and t["status"] == "finished":
+            # finished ablation rows: the table pairs their few-shot episodes with the baseline's
+            t["episodes"] = episode_records(client, t["run_id"])
     mark_failed_runs(client, [t["run_id"] for t in trials
                               if t["status"] == "error" and t["run_id"]])
     info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),

@@ -46,6 +46,8 @@ class Study:
     columns: tuple[tuple[str, str], ...] = ()   # (header, metric key) for the results table
     search_seed: int = 0
     description: str = ""
+    baseline: str = ""              # row the others are compared with (default: the first row)
+    compare: tuple[str, ...] = ()   # metric keys given Δ vs the baseline (default: the metric)
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
@@ -62,6 +64,18 @@ class Study:
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"study rows need unique labels, got {labels}")
+        if self.baseline and self.baseline not in labels:
+            raise ConfigError(f"study.baseline {self.baseline!r} is not a row; rows: {labels}")
+
+    @property
+    def baseline_label(self) -> str | None:
+        """The row every other row is compared with: `baseline`, else the first row."""
+        return self.baseline or (self.rows[0].label if self.rows else None)
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """The metric keys that get a Δ vs the baseline in the results table."""
+        return self.compare or (self.metric,)
 
     @classmethod
     def from_preset(cls, study: str, preset: str, *, method: str, overrides: Mapping[str, Any],
@@ -69,11 +83,13 @@ class Study:
                     columns: OfBase[tuple[tuple[str, str], ...]], space: Mapping[str, Domain],
                     budget: Budget, description: OfBase[str] = "",
                     paper: Callable[[str, ExperimentConfig], str] = lambda key, base: "",
-                    config_name: str | None = None, mode: str = "max") -> Study:
+                    config_name: str | None = None, mode: str = "max", baseline: str = "",
+                    compare: tuple[str, ...] = ()) -> Study:
         """The study `<study>_<preset>` of a preset: base = `method` with the preset's dotted-key
         `overrides` (config name `config_name`, default the study name); `rows` as (label, paper
         key, overrides), the paper column from `paper(key, base)`; `metric`, `columns` and
-        `description` as values or functions of the base config."""
+        `description` as values or functions of the base config; `baseline` and `compare` as on
+        the Study."""
         name = f"{study}_{preset}"
         base = ExperimentConfig(method=method, name=config_name or name).override(dict(overrides))
 
@@ -84,7 +100,7 @@ class Study:
         return cls(name=name, base=base, metric=of_base(metric), mode=mode, rows=rows,
                    space=dict(space), num_samples=budget.samples, grace_period=budget.grace,
                    reduction_factor=budget.reduction_factor, columns=tuple(of_base(columns)),
-                   description=of_base(description))
+                   description=of_base(description), baseline=baseline, compare=tuple(compare))
 
     # -------------------------------------------------------------------- configs
     def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
