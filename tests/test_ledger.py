@@ -55,6 +55,16 @@ def test_every_preset_paper_key_has_a_cell():
                 assert (f"{study}_ablation", label) in targeted, (study, label)
 
 
+def test_every_cell_renders_as_not_run_without_runs():
+    from kdray.ledger.render import render_csv, render_md
+
+    lines = build_lines(CELLS, [])
+    md, csv = render_md(lines), render_csv(lines)
+    assert len(lines) == sum(len(c.rows) for c in CELLS) == len(csv.splitlines()) - 1
+    assert all(f"| {c.id} |" in md for c in CELLS) and f"{len(lines)} not run" in md
+    assert render_md(build_lines(list(reversed(CELLS)), [])) == md   # sorted, whatever the order
+
+
 def test_status_rules():
     assert status_of(80.08, 0.18, 80.0, True) == "within"
     assert status_of(80.08, 0.18, 79.8, True) == "gap"
