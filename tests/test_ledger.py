@@ -55,6 +55,38 @@ def test_every_preset_paper_key_has_a_cell():
                 assert (f"{study}_ablation", label) in targeted, (study, label)
 
 
+def test_cells_agree_with_the_presets_paper_columns():
+    """The numbers in the data file are the ones the study tables print beside ours."""
+    import re
+
+    from kdray.presets import cskd, mkd, smkd, sskd
+
+    def nums(text: str) -> list[float]:
+        return [float(x) for x in re.findall(r"\d+\.\d+", text)]
+
+    checked = 0
+    for c in CELLS:
+        if c.method == "sskd":
+            t, s = c.match["model.teacher_arch"], c.match["model.arch"]
+            key = c.id.rsplit("/", 1)[1]
+            expected = float(sskd.paper_number(key, t, s, c.preset))
+        elif c.method == "cskd":
+            expected = float(cskd.paper_number(c.id.rsplit("/", 1)[1], c.preset))
+        elif c.method == "smkd":
+            key, shot = c.id.split("/")[2:]
+            values = nums(smkd.paper_number(key, c.preset))
+            expected = values[0] if shot == "1shot" else values[-1 if key == "ibot" else 2]
+            if c.pm is not None:
+                assert c.pm == values[1 if shot == "1shot" else 3], c.id
+        elif c.method == "mkd":
+            expected = nums(mkd.paper_number(c.id.split("/")[2], c.preset))[0]
+        else:
+            continue
+        assert c.value == expected, (c.id, c.value, expected)
+        checked += 1
+    assert checked == 12 + 36 + 9 + 5
+
+
 def test_every_cell_renders_as_not_run_without_runs():
     from kdray.ledger.render import render_csv, render_md
 
