@@ -1,4 +1,4 @@
-"""`kdray` command line: train, study, eval, report, cluster validate."""
+"""`kdray` command line: train, study, eval, report, ledger, cluster validate."""
 
 from __future__ import annotations
 
@@ -81,6 +81,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_ledger(args) -> int:
+    """`kdray ledger`: results/LEDGER.md and results/ledger.csv from the MLflow store alone."""
+    from kdray.runtime.ledger import write_ledger
+
+    for path in write_ledger(args.tracking_uri, args.out):
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_cluster(args) -> int:
     """`kdray cluster validate FILE`: Ray's offline checks of a `ray up` YAML; "ok" or the error."""
     from kdray.runtime.cluster import ClusterConfigError, validate_cluster_yaml
@@ -117,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="print a study's results table from MLflow")
     r.add_argument("study")
     r.add_argument("--tracking-uri", default=None)
+    g = sub.add_parser("ledger", help="the reproduction ledger (paper cells vs our runs) from MLflow")
+    g.add_argument("--tracking-uri", default=None)
+    g.add_argument("--out", default="results", help="folder for LEDGER.md and ledger.csv")
     c = sub.add_parser("cluster", help="cluster launcher files: `kdray cluster validate FILE`")
     c.add_argument("action", choices=["validate"],
                    help="validate: the checks `ray up` makes before it calls a cloud API")
@@ -129,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             p.error(f"unrecognized arguments: {' '.join(rest)}")
         return {"train": cmd_train, "eval": cmd_eval, "report": cmd_report,
-                "cluster": cmd_cluster}[args.cmd](args)
+                "ledger": cmd_ledger, "cluster": cmd_cluster}[args.cmd](args)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ RANKS: dict[str, int] = {
     "kdray.eval": 5,
     "kdray.engine": 6,
     "kdray.presets": 7, "kdray.study": 7,
+    "kdray.ledger": 7.5,  # reads the presets (paper cells -> preset rows); runtime reads MLflow
     "kdray.runtime": 8,
     "kdray.cli": 9,
     "kdray": 10,

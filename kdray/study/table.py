@@ -62,6 +62,7 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     if study.description:
         lines += [study.description, ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines.append(f"- ledger: [results/LEDGER.md#{study.name}](LEDGER.md#{study.name})")
     lines += ["", "| setting | seed | " + " | ".join(h for h, _ in cols)
               + " | paper | epochs | status | MLflow run |",
               "|---" * (len(cols) + 6) + "|"]

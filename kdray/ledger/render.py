@@ -1,0 +1,277 @@
+"""The ledger from plain run records: one line per (paper cell, targeted row), ours per tier, Δ,
+status, compute; rendered as Markdown and CSV, deterministically (sorted, no timestamps).
+
+A run record (made by `kdray.runtime.ledger` from MLflow) is a dict: `run_id`, `study`
+(`<study>_<tier>`), `row` (ablation row label), `seed`, `metrics`, `params` (flattened config),
+`commit`, `wall_s`, `devices` ({"kind": "GPU"|"CPU", "count": n, "name": str}), `start_time`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdray.ledger.cells import Cell
+from kdray.ledger.flops import ASSUMPTION, Estimate
+
+TIERS = ("smoke", "mini")      # reduced tiers; the cell's own preset is the third
+TOLERANCE = 0.5                # points, where the paper gives no std/CI
+PREFIXES = ("test/", "val/", "")
+STATUSES = ("within", "gap", "other setting", "no paper value", "not run")
+# params that name places, not the recipe: left out of the config hash
+HASH_SKIP = ("seed", "name", "data.root", "model.teacher_ckpt", "train.init_from")
+
+
+def metric_value(metrics: Mapping[str, Any], name: str) -> float | None:
+    """`test/<name>`, else `val/<name>` (the split prefix is being renamed), else `<name>`."""
+    for prefix in PREFIXES:
+        v = metrics.get(prefix + name)
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            return float(v)
+    return None
+
+
+def config_hash(params: Mapping[str, Any]) -> str:
+    """12 hex digits of the run's recipe: its params without seed, name and paths."""
+    keep = {k: str(v) for k, v in params.items() if k not in HASH_SKIP}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def matches(run: Mapping[str, Any], cell: Cell) -> bool:
+    """Whether the run trained the cell's setting (its `match` params)."""
+    params = run.get("params") or {}
+    return all(str(params.get(k)) == str(v) for k, v in cell.match.items())
+
+
+@dataclass
+class TierResult:
+    tier: str
+    runs: list[dict[str, Any]]          # one per seed (the newest run of each)
+    values: list[float]
+    same_setting: bool
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.values) / len(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        v = self.values
+        if len(v) < 2:
+            return None
+        m = sum(v) / len(v)
+        return math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1))
+
+    def text(self) -> str:
+        if not self.values:
+            return ""
+        std = self.std
+        body = f"{self.mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+        return f"{body} (n={self.n})" + ("" if self.same_setting else " [other setting]")
+
+
+@dataclass
+class Line:
+    cell: Cell
+    row: str
+    tiers: dict[str, TierResult] = field(default_factory=dict)
+    compared: str = ""                  # the tier the status is about
+    delta: float | None = None
+    status: str = "not run"
+    estimate: Estimate | None = None
+
+    @property
+    def anchor(self) -> str:
+        return self.cell.study_name
+
+
+def status_of(paper: float | None, pm: float | None, ours: float | None,
+              same_setting: bool) -> str:
+    """`within` the paper's ± (or ±`TOLERANCE` points when it gives none), `gap`, `other
+    setting` (ours measured another dataset/architecture), `no paper value`, `not run`."""
+    if ours is None:
+        return "not run"
+    if not same_setting:
+        return "other setting"
+    if paper is None:
+        return "no paper value"
+    tol = pm if pm is not None else TOLERANCE
+    return "within" if abs(ours - paper) <= tol + 1e-9 else "gap"
+
+
+def _newest_per_seed(runs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        key = str(r.get("seed"))
+        if key not in best or (r.get("start_time", 0), r["run_id"]) > (
+                best[key].get("start_time", 0), best[key]["run_id"]):
+            best[key] = r
+    return [best[k] for k in sorted(best, key=lambda s: (len(s), s))]
+
+
+def build_lines(cells: Iterable[Cell], runs: list[dict[str, Any]],
+                estimate: Callable[[Cell], Estimate | None] | None = None) -> list[Line]:
+    """Ledger lines, sorted by study, cell id and row. `estimate(cell)` is asked for cells whose
+    own preset has not run (smoke or mini runs may have)."""
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_study.setdefault(r["study"], []).append(r)
+    lines = []
+    for cell in cells:
+        for row in cell.rows:
+            line = Line(cell, row)
+            for tier in (*TIERS, cell.preset):
+                pool = [r for r in by_study.get(f"{cell.study}_{tier}", ()) if r["row"] == row]
+                if tier == cell.preset:  # a paper preset runs one setting per cell (e.g. a pair)
+                    pool = [r for r in pool if matches(r, cell)]
+                chosen = [r for r in _newest_per_seed(pool)
+                          if metric_value(r["metrics"], cell.metric) is not None]
+                if chosen:
+                    vals = [metric_value(r["metrics"], cell.metric) for r in chosen]
+                    line.tiers[tier] = TierResult(tier, chosen, vals,
+                                                  all(matches(r, cell) for r in chosen))
+            for tier in (cell.preset, *reversed(TIERS)):  # the fullest tier that ran
+                if tier in line.tiers:
+                    res = line.tiers[tier]
+                    line.compared = tier
+                    if cell.value is not None and res.same_setting:
+                        line.delta = res.mean - cell.value
+                    line.status = status_of(cell.value, cell.pm, res.mean, res.same_setting)
+                    break
+            if cell.preset not in line.tiers and estimate is not None:
+                line.estimate = estimate(cell)
+            lines.append(line)
+    return sorted(lines, key=lambda x: (x.cell.study, x.cell.id, x.cell.rows.index(x.row)))
+
+
+def compute_text(runs: Iterable[dict[str, Any]]) -> str:
+    """Device-hours of `runs`: wall time x devices, per device kind and name."""
+    hours: dict[str, float] = {}
+    for r in runs:
+        d = r.get("devices") or {}
+        kind, name = d.get("kind", "CPU"), d.get("name", "")
+        unit = f"GPU-h ({name})" if kind == "GPU" else "CPU-core-h"
+        hours[unit] = hours.get(unit, 0.0) + float(r.get("wall_s") or 0.0) / 3600 * int(
+            d.get("count", 1))
+    return "; ".join(f"{h:.3g} {u}" for u, h in sorted(hours.items()))
+
+
+def _tier_names(cell: Cell) -> tuple[str, ...]:
+    return (*TIERS, cell.preset)
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "" if x is None else format(x, fmt)
+
+
+def _paper_text(cell: Cell) -> str:
+    if cell.value is None:
+        return "not retrieved"
+    pm = f" ± {cell.pm:g} ({cell.pm_kind})" if cell.pm is not None else ""
+    return f"{cell.value:g}{pm}"
+
+
+def _facts(line: Line) -> tuple[str, str, str, list[str]]:
+    """(compute, commits, config hashes, run ids) over every tier's runs."""
+    runs = [r for t in _tier_names(line.cell) if t in line.tiers for r in line.tiers[t].runs]
+    compute = "; ".join(f"{t}: {compute_text(line.tiers[t].runs)}"
+                        for t in _tier_names(line.cell) if t in line.tiers)
+    commits = ",".join(sorted({(r.get("commit") or "?")[:10] for r in runs}))
+    hashes = ",".join(sorted({config_hash(r.get("params") or {}) for r in runs}))
+    return compute, commits, hashes, [r["run_id"] for r in runs]
+
+
+CSV_COLUMNS = ("cell", "method", "paper", "table", "paper_row", "column", "paper_value",
+               "paper_pm", "paper_pm_kind", "setting", "source", "study", "preset", "row",
+               "metric", *(f"{t}_{s}" for t in ("smoke", "mini", "preset")
+                           for s in ("mean", "std", "n")),
+               "compared_tier", "delta", "status", "compute", "estimate_gpu_hours",
+               "estimate", "commits", "config_hashes", "mlflow_run_ids")
+
+
+def render_csv(lines: list[Line]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for ln in lines:
+        c = ln.cell
+        compute, commits, hashes, ids = _facts(ln)
+        tiers = []
+        for t in ("smoke", "mini", c.preset):
+            res = ln.tiers.get(t)
+            tiers += [_num(res.mean, ".4f"), _num(res.std, ".4f"), str(res.n)] if res else ["",
+                                                                                          "", "0"]
+        est = ln.estimate
+        w.writerow([c.id, c.method, c.paper, c.table, c.row, c.column, _num(c.value, "g"),
+                    _num(c.pm, "g"), c.pm_kind or "", _setting(c), c.source, c.study, c.preset,
+                    ln.row, c.metric, *tiers, ln.compared, _num(ln.delta, ".4f"), ln.status,
+                    compute, _num(est.gpu_hours if est else None, ".4g"),
+                    est.label() if est else "", commits, hashes, ";".join(ids)])
+    return buf.getvalue()
+
+
+def _setting(c: Cell) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in c.setting.items())
+
+
+def _md(text: str) -> str:
+    return str(text).replace("|", "\\|")
+
+
+def render_md(lines: list[Line]) -> str:
+    counts = {s: sum(1 for ln in lines if ln.status == s) for s in STATUSES}
+    out = ["# Reproduction ledger", "",
+           "Written by `kdray ledger` from the MLflow store alone (rerun it to refresh; the file "
+           "is sorted and has no timestamps). One line per paper cell and study row aimed at it "
+           "(paper cells: `kdray/ledger/paper_cells.json`).", "",
+           "- ours: mean ± sample std over seeds (n seeds; the newest finished run of each seed) "
+           "of the row's metric (`test/...`, else `val/...`), per tier: `smoke`, `mini` and the "
+           "paper preset. Tiers run on another dataset or architecture are marked "
+           "[other setting] and never compared with the paper.",
+           f"- status: about the fullest tier that ran; `within` the paper's std/CI (±"
+           f"{TOLERANCE} pt where it gives none), `gap`, `other setting`, `no paper value`, "
+           "`not run`. Δ = ours - paper.",
+           "- compute: device-hours of the runs listed (MLflow wall time x devices from the "
+           "run's params and environment.json: GPUs by name, else CPU cores).",
+           f"- estimates (cells whose preset has not run): torch.utils.flop_counter FLOPs of one training step "
+           f"(student forward+backward, teacher forward, every view; method heads, stages and "
+           f"evaluation excluded) scaled to the preset's batch and steps, at {ASSUMPTION}; "
+           f"per seed.", "",
+           "Summary: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES), ""]
+    studies: dict[str, list[Line]] = {}
+    for ln in lines:
+        studies.setdefault(ln.cell.study, []).append(ln)
+    for study, group in studies.items():
+        names = sorted({f"{study}_{t}" for ln in group for t in _tier_names(ln.cell)})
+        out += [f"## {study}", "", "".join(f'<a id="{n}"></a>' for n in names), "",
+                "| cell | paper (table, row, column) | setting | our row | paper | smoke | mini | "
+                "preset | Δ | status | compute / estimate | commit | config | MLflow runs |",
+                "|---" * 14 + "|"]
+        for ln in group:
+            c = ln.cell
+            compute, commits, hashes, ids = _facts(ln)
+            tiers = [ln.tiers[t].text() if t in ln.tiers else "–" for t in ("smoke", "mini")]
+            own = ln.tiers.get(c.preset)
+            tiers.append(f"{c.preset}: {own.text() if own else '–'}")
+            est = (ln.estimate.label() if ln.estimate else "no estimate: preset not found"
+                   if c.preset not in ln.tiers else "")
+            cost = "; ".join(x for x in (compute, est) if x) or "–"
+            delta = f"{ln.delta:+.2f}" if ln.delta is not None else "–"
+            status = ln.status + (f" ({ln.compared})" if ln.compared else "")
+            runs = ", ".join(f"`{i[:8]}`" for i in ids) or "–"
+            out.append("| " + " | ".join(_md(x) for x in (
+                c.id, f"{c.paper.split(',')[0]}, {c.table}, {c.row}, {c.column}", _setting(c),
+                ln.row, _paper_text(c), *tiers, delta, status, cost, commits or "–",
+                hashes or "–")) + f" | {runs} |")
+        out.append("")
+    return "\n".join(out)
