@@ -82,7 +82,7 @@ def paper_number(key: str, preset: str) -> str:
 _M = "method_cfg."
 # (label, paper key, overrides): the ablation ladder of the study.
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("DeiT no distillation", "deit", {_M + "a": 0.0, _M + "w_cskd": 0.0}),
+    ("DeiT no distillation", "deit", {_M + "w_distill": 0.0, _M + "w_cskd": 0.0}),
     ("DeiT hard distillation", "deit_hard", {_M + "w_cskd": 0.0}),
     ("Cumulative Spatial KD alpha=1 local only", "",
      {_M + "alpha_schedule": "constant", _M + "alpha_start": 1.0}),
@@ -94,7 +94,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 )
 
 # TPE over the loss weights and the fusion schedule (methods.md §6), on top of the last row.
-SPACE = {_M + "w_cskd": Float(0.5, 2.0), _M + "a": Float(0.25, 0.75),
+SPACE = {_M + "w_cskd": Float(0.5, 2.0), _M + "w_distill": Float(0.25, 0.75),
          _M + "alpha_schedule": Choice(["linear", "x2", "cos"]), _M + "alpha_end": Float(0.0, 0.5)}
 # (searched trials, ASHA grace period in epochs, reduction factor)
 SEARCH = {"smoke": (4, 1, 2), "imagenet": (16, 100, 3), "imagenet_s": (16, 100, 3),
