@@ -33,7 +33,7 @@ PRESETS = {
             "model.teacher_arch": "regnety_160", "data.image_size": 224, "classes": 1000,
             "batch": 128},
 }
-ROWS = {"DeiT (no teacher)": {"method_cfg.a": 0.0, "method_cfg.w_cskd": 0.0},
+ROWS = {"DeiT (no teacher)": {"method_cfg.w_distill": 0.0, "method_cfg.w_cskd": 0.0},
         "DeiT hard distillation": {"method_cfg.w_cskd": 0.0},
         "Cumulative Spatial KD (hard)": {},
         "Cumulative Spatial KD (soft)": {"method_cfg.cskd_loss": "soft"}}

@@ -59,13 +59,6 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def mismatched_keys(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> list[str]:
-    """Keys present on one side only (sorted), then keys whose tensor shapes differ: what stops
-    `state` from loading strictly into a module whose state_dict is `own` ([] = it fits)."""
-    return sorted(set(own) ^ set(state)) + [k for k in own if k in state
-                                            and tuple(own[k].shape) != tuple(state[k].shape)]
-
-
 def state_mismatch(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor],
                    optional: tuple[str, ...] = ()) -> str:
     """"" when `state` loads strictly into a module whose state_dict is `own` (keys ending in one

@@ -1,6 +1,6 @@
 """Cumulative Spatial KD (ICCV 2023) ablation: DeiT, DeiT hard distillation, then Cumulative
 Spatial KD with local-only / global-only targets and the linear / x2 / cos fusion schedules, then a
-TPE search (ASHA) over w_cskd, a and the schedule. Writes results/cskd_ablation_<preset>.md.
+TPE search (ASHA) over w_cskd, w_distill and the schedule. Writes results/cskd_ablation_<preset>.md.
 
     python studies/cskd_ablation.py --preset smoke      # CIFAR-10, CNN teacher stage, CPU, minutes
     python studies/cskd_ablation.py --preset imagenet   # DeiT-Ti + RegNetY-16GF (also imagenet_s/_b)

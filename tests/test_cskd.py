@@ -154,7 +154,7 @@ def test_hard_and_soft_losses_against_hand_computation():
 
 def test_total_loss_is_the_weighted_sum_and_terms_use_the_fused_targets(tmp_path):
     seed_all(0)
-    cfg = _cfg(tmp_path, **{"method_cfg.a": 0.3, "method_cfg.w_cskd": 1.7,
+    cfg = _cfg(tmp_path, **{"method_cfg.w_distill": 0.3, "method_cfg.w_cskd": 1.7,
                             "method_cfg.label_smoothing": 0.0})
     method = build_method(cfg, C).train()
     batch, step = _batch(), Step(it=5, epoch=1, total_its=40, its_per_epoch=10)
@@ -177,7 +177,7 @@ def test_total_loss_is_the_weighted_sum_and_terms_use_the_fused_targets(tmp_path
 @pytest.mark.parametrize("a,w,heads", [(0.5, 1.0, 3), (0.5, 0.0, 2), (0.0, 0.0, 1)])
 def test_inference_averages_the_trained_heads(tmp_path, a, w, heads):
     seed_all(0)
-    method = build_method(_cfg(tmp_path, **{"method_cfg.a": a, "method_cfg.w_cskd": w}), C)
+    method = build_method(_cfg(tmp_path, **{"method_cfg.w_distill": a, "method_cfg.w_cskd": w}), C)
     method.eval()
     x = _batch().views[0]
     vit = method.student.vit
@@ -239,7 +239,7 @@ def test_preflight_errors(tmp_path, monkeypatch):
         method_preflight(_cfg(tmp_path, **{"model.arch": "conv4"}))
     with pytest.raises(ConfigError, match="does not apply mixup"):
         preflight(ExperimentConfig().override({"method": "ce", "data.mixup_alpha": 0.8}))
-    method_preflight(_cfg(tmp_path, **{"method_cfg.a": 0.0, "method_cfg.w_cskd": 0.0,
+    method_preflight(_cfg(tmp_path, **{"method_cfg.w_distill": 0.0, "method_cfg.w_cskd": 0.0,
                                      "model.teacher_ckpt": ""}))  # no distillation: no teacher
 
 

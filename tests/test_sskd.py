@@ -62,24 +62,7 @@ def test_similarity_and_teacher_contrastive_loss_by_hand():
     assert loss_t.item() == pytest.approx(sum(ce_t) / 4, rel=1e-6)
 
 
-def test_kl_rows_by_hand_with_tau_squared_and_kept_rows_average():
-    s = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 0.0], [2.0, 0.0, 0.0]], requires_grad=True)
-    t = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
-    tau = 2.0
-
-    def kl(a, b):  # KL(softmax(b / tau) || softmax(a / tau)) in plain numpy
-        pa = np.exp(np.array(a) / tau) / np.exp(np.array(a) / tau).sum()
-        pb = np.exp(np.array(b) / tau) / np.exp(np.array(b) / tau).sum()
-        return float((pb * np.log(pb / pa)).sum())
-
-    rows = [kl(a, b) for a, b in zip(s.tolist(), t.tolist())]
-    assert L.kl_rows(s, t, tau).item() == pytest.approx(tau**2 * sum(rows) / 3, rel=1e-5)
-    keep = torch.tensor([True, False, True])
-    assert L.kl_rows(s, t, tau, keep).item() == pytest.approx(tau**2 * (rows[0] + rows[2]) / 2,
-                                                              rel=1e-5)
-    none = L.kl_rows(s, t, tau, torch.zeros(3, dtype=torch.bool))
-    none.backward()
-    assert none.item() == 0.0 and torch.equal(s.grad, torch.zeros_like(s))
+# the row-averaged KL of L_T and L_ss: tests/test_losses.py (kl_div, reduction="masked")
 
 
 def test_ranks_count_strictly_larger_entries():

@@ -62,7 +62,7 @@ def test_method_space_reads_the_registry():
 
 # The spaces and budgets the presets wrote out before the ranges moved to Config.SEARCH alone.
 OLD_SPACES = {
-    "cskd": {_M + "w_cskd": Float(0.5, 2.0), _M + "a": Float(0.25, 0.75),
+    "cskd": {_M + "w_cskd": Float(0.5, 2.0), _M + "w_distill": Float(0.25, 0.75),
              _M + "alpha_schedule": Choice(["linear", "x2", "cos"]),
              _M + "alpha_end": Float(0.0, 0.5)},
     "m2sd": {_M + "alpha": Choice([0.2, 0.5, 1.0]), _M + "w_mix": Float(0.1, 10.0, log=True),

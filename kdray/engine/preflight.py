@@ -14,6 +14,7 @@ from kdray.config import ExperimentConfig
 from kdray.data import DATASETS, build_eval_dataset, check_data, num_train_classes
 from kdray.methods import METHODS
 from kdray.modules.backbones import backbone_exists
+from kdray.modules.teachers import check_teacher_card
 from kdray.types import DataInfo
 
 
@@ -32,7 +33,7 @@ def preflight(cfg: ExperimentConfig) -> None:
     if not backbone_exists(cfg.model.arch):
         raise ConfigError(f"model.arch: unknown backbone {cfg.model.arch!r} (kdray backbones or "
                           "any timm.list_models() name)")
-    method.preflight(cfg, data_info(cfg))
+    method_preflight(cfg)
 
 
 def data_info(cfg: ExperimentConfig) -> DataInfo:
@@ -63,5 +64,20 @@ def measure_top1(logits_fn: Callable[[Tensor], Tensor], cfg: ExperimentConfig,
 
 
 def method_preflight(cfg: ExperimentConfig) -> None:
-    """The method's own checks alone (`Method.preflight`), with the data facts it needs."""
-    METHODS[cfg.method].preflight(cfg, data_info(cfg))
+    """The teacher's registry card (`teacher_card`), then the method's own checks
+    (`Method.preflight`), with the data facts they need."""
+    info = data_info(cfg)
+    teacher_card(cfg, info)
+    METHODS[cfg.method].preflight(cfg, info)
+
+
+def teacher_card(cfg: ExperimentConfig, data: DataInfo) -> None:
+    """For every method: when `model.teacher_ckpt` is a file with a card beside it, the card must
+    match the file (checksum), `model.teacher_arch` (default `model.arch`), `data.dataset`, the
+    class count and the method's expectations (`Method.teacher_card_checks`)."""
+    ckpt = cfg.model.teacher_ckpt
+    if not ckpt or not os.path.isfile(ckpt):
+        return  # no teacher, or the method reports the missing file in its own words
+    check_teacher_card(ckpt, arch=cfg.model.teacher_arch or cfg.model.arch,
+                       dataset=cfg.data.dataset, num_classes=data.num_classes,
+                       **METHODS[cfg.method].teacher_card_checks(cfg))

@@ -43,6 +43,14 @@ class Method(nn.Module):
     def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
         """Raise ConfigError for settings this method cannot run with (before Ray starts)."""
 
+    @classmethod
+    def teacher_card_checks(cls, cfg: ExperimentConfig) -> dict:
+        """What the registry card of `model.teacher_ckpt` must satisfy besides its checksum,
+        architecture, dataset and class count (keyword arguments of
+        `kdray.modules.teachers.check_teacher_card`): a method configuring
+        `teacher_min_acc` expects that recorded top-1."""
+        return {"min_top1": float(getattr(cfg.method_cfg, "teacher_min_acc", 0.0))}
+
     # ------------------------------------------------------------------ training
     def forward(self, batch: Batch, step: Step) -> LossDict:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -15,8 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -36,18 +37,74 @@ def build_classifier(cfg: ExperimentConfig, num_classes: int, arch: str = "") ->
     return Classifier(backbone, num_classes)
 
 
-def load_model_state(path: str) -> dict[str, torch.Tensor]:
-    """Model weights from a kdray checkpoint (its `student`) or a plain state_dict file."""
+# ---------------------------------------------------------------------------- reading weights
+def read_file(path: str, key: str = "model.teacher_ckpt") -> Any:
+    """`torch.load(path, weights_only=True)` on CPU; ConfigError naming `key` when no file."""
     if not os.path.isfile(path):
-        raise ConfigError(f"model.teacher_ckpt: no file at {path!r}; train a teacher first "
+        raise ConfigError(f"{key}: no file at {path!r}; train a teacher first "
                           "(e.g. `kdray train --method ce --set train.epochs=...`) and pass its "
                           "checkpoint path")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def model_state(raw: Any) -> dict[str, torch.Tensor]:
+    """Model weights inside a loaded file: a kdray checkpoint's `model.student` (or its whole
+    `model`), a `state_dict` entry, or the plain state_dict itself; a DDP "module." prefix on
+    every key is dropped."""
+    state = raw
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"].get("student", state["model"])
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = strip_prefix(state, "module.")
     return state
+
+
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries under `prefix`, without it, when any key has it; else `state` unchanged
+    (e.g. "detector." for a kdray MKD checkpoint, whose student also holds the decoder)."""
+    if not any(k.startswith(prefix) for k in state):
+        return state
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_model_state(path: str, prefix: str = "", key: str = "model.teacher_ckpt"
+                     ) -> dict[str, torch.Tensor]:
+    """Model weights from a kdray checkpoint (its `student`) or a plain state_dict file
+    (`model_state`), under `prefix` when given (`strip_prefix`)."""
+    state = model_state(read_file(path, key))
+    return strip_prefix(state, prefix) if prefix else state
+
+
+def torchvision_to_classifier(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A torchvision/timm ResNet state_dict (`conv1.*` ... `fc.*`) in `Classifier` keys (`fc.*`
+    becomes `head.*`, the rest `backbone.*`); any other state unchanged."""
+    if "fc.weight" in state and "conv1.weight" in state:
+        return {(f"head.{k[3:]}" if k.startswith("fc.") else f"backbone.{k}"): v
+                for k, v in state.items()}
+    return state
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, source: str, what: str,
+                optional: tuple[str, ...] = (), keep_own: Callable[[str], bool] | None = None
+                ) -> nn.Module:
+    """Load `state` into `module`, all keys and shapes matching; else ConfigError
+    "<source> does not fit <what>: missing [...], unexpected [...], shape mismatch [...]".
+
+    Args:
+        optional: key suffixes that may be absent on either side (e.g. a ViT "mask_token").
+        keep_own: module keys absent from `state` for which this is true keep their values
+            (e.g. torchvision's BatchNorm-free "num_batches_tracked", a train-only sub-module).
+    """
+    own = module.state_dict()
+    if keep_own is not None:
+        state = {**state, **{k: v for k, v in own.items() if k not in state and keep_own(k)}}
+    why = state_mismatch(own, state, optional)
+    if why:
+        raise ConfigError(f"{source} does not fit {what}: {why}")
+    module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=not optional)
+    return module
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -64,13 +121,38 @@ def build_teacher(cfg: ExperimentConfig, num_classes: int, method: str = "kd") -
     if not cfg.model.teacher_ckpt:
         raise ConfigError(f"model.teacher_ckpt: method {method!r} needs a trained teacher "
                           "checkpoint")
-    state = load_model_state(cfg.model.teacher_ckpt)
-    why = state_mismatch(teacher.state_dict(), state)
-    if why:
-        raise ConfigError(f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} does not fit teacher arch "
-                          f"{arch!r} with {num_classes} classes: {why}")
-    teacher.load_state_dict(state)
+    ckpt = cfg.model.teacher_ckpt
+    load_strict(teacher, load_model_state(ckpt), source=f"model.teacher_ckpt {ckpt!r}",
+                what=f"teacher arch {arch!r} with {num_classes} classes")
     return freeze(teacher)
+
+
+def build_timm_teacher(arch: str, ckpt: str, num_classes: int) -> nn.Module:
+    """A timm model (its own key names and head) with weights from a plain state_dict file, or
+    from the hub when `ckpt` is "" (only when the hub head has `num_classes` classes)."""
+    import timm
+    from timm.models import get_pretrained_cfg, is_model
+
+    if not is_model(arch):
+        raise ConfigError(f"model.teacher_arch: unknown model {arch!r} (a kdray backbone such as "
+                          f"conv3, or a timm CNN such as regnety_160.deit_in1k)")
+    if not ckpt:
+        pcfg = get_pretrained_cfg(arch)
+        if pcfg is None or pcfg.num_classes != num_classes:
+            have = None if pcfg is None else pcfg.num_classes
+            raise ConfigError(f"model.teacher_ckpt: empty, so {arch!r} would load hub weights, but "
+                              f"they have {have} classes and the data {num_classes}; pass a "
+                              "teacher checkpoint with --set model.teacher_ckpt=PATH")
+        try:
+            return freeze(timm.create_model(arch, pretrained=True, num_classes=num_classes))
+        except Exception as e:  # offline, no HF access, corrupt cache ...
+            raise ConfigError(f"model.teacher_ckpt: could not fetch hub weights for {arch!r} "
+                              f"({type(e).__name__}: {e}); download them where there is internet "
+                              "or pass a local file with --set model.teacher_ckpt=PATH") from None
+    net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    load_strict(net, load_model_state(ckpt), source=f"model.teacher_ckpt {ckpt!r}",
+                what=f"timm {arch!r} with {num_classes} classes")
+    return freeze(net)
 
 
 # ---------------------------------------------------------------------------- registry cards
@@ -152,3 +234,20 @@ def check_card(card: TeacherCard, ckpt: str, *, arch: str, dataset: str, num_cla
                         f"uses {ss_transforms!r}")
     if problems:
         raise ConfigError(f"model.teacher_ckpt {ckpt!r}: " + "; ".join(problems))
+
+
+def check_teacher_card(ckpt: str, *, arch: str, dataset: str, num_classes: int,
+                       min_top1: float = 0.0, ss_transforms: str = "", require: bool = False
+                       ) -> TeacherCard | None:
+    """`check_card` against the card beside `ckpt` when there is one (preflight runs this for
+    every method given a `model.teacher_ckpt`); without a card, ConfigError when `require`."""
+    card = read_card(ckpt)
+    if card is None:
+        if require:
+            raise ConfigError(f"model.teacher_ckpt {ckpt!r} has no registry card "
+                              f"({card_path(ckpt)}); register it with "
+                              "kdray.modules.teachers.write_card")
+        return None
+    check_card(card, ckpt, arch=arch, dataset=dataset, num_classes=num_classes,
+               min_top1=min_top1, ss_transforms=ss_transforms)
+    return card

@@ -83,7 +83,7 @@ def paper_number(key: str, preset: str) -> str:
 _M = "method_cfg."
 # (label, paper key, overrides): the ablation ladder of the study.
 ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
-    ("DeiT no distillation", "deit", {_M + "a": 0.0, _M + "w_cskd": 0.0}),
+    ("DeiT no distillation", "deit", {_M + "w_distill": 0.0, _M + "w_cskd": 0.0}),
     ("DeiT hard distillation", "deit_hard", {_M + "w_cskd": 0.0}),
     ("Cumulative Spatial KD alpha=1 local only", "",
      {_M + "alpha_schedule": "constant", _M + "alpha_start": 1.0}),
@@ -96,6 +96,6 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 
 # TPE over the loss weights and the fusion schedule (methods.md §6), on top of the last row;
 # the ranges are CSKDConfig.SEARCH's.
-SPACE = method_space("cskd", ("w_cskd", "a", "alpha_schedule", "alpha_end"))
+SPACE = method_space("cskd", ("w_cskd", "w_distill", "alpha_schedule", "alpha_end"))
 BUDGET = {"smoke": Budget(4, 1, 2), "imagenet": Budget(16, 100, 3),
           "imagenet_s": Budget(16, 100, 3), "imagenet_b": Budget(16, 100, 3)}

@@ -12,6 +12,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdray.modules.losses import kl_div
 from kdray.schedules import cosine
 
 # Decay shapes f(x), x = epoch / epochs in [0, 1]: f(0) = 1, f(1) = 0, non-increasing.
@@ -90,9 +91,7 @@ def cskd_soft(s_pooled: Tensor, t_fused: Tensor, tau: float) -> Tensor:
         t_fused: (B, C, h, w) fused teacher logits.
         tau: temperature.
     """
-    log_s = F.log_softmax(s_pooled.float() / tau, dim=1)
-    log_t = F.log_softmax(t_fused.float() / tau, dim=1)
-    return (log_t.exp() * (log_t - log_s)).sum() * tau * tau / s_pooled.shape[0]
+    return kl_div(s_pooled.float(), t_fused.float(), tau, reduction="sum", dim=1) / s_pooled.shape[0]
 
 
 def distill_hard(s_dist: Tensor, t_global: Tensor) -> Tensor:
@@ -103,6 +102,4 @@ def distill_hard(s_dist: Tensor, t_global: Tensor) -> Tensor:
 def distill_soft(s_dist: Tensor, t_global: Tensor, tau: float) -> Tensor:
     """DeiT soft distillation: tau^2 * KL summed over classes and batch, divided by B * C (the
     official `numel` scaling)."""
-    log_s = F.log_softmax(s_dist.float() / tau, dim=1)
-    log_t = F.log_softmax(t_global.float() / tau, dim=1)
-    return (log_t.exp() * (log_t - log_s)).sum() * tau * tau / s_dist.numel()
+    return kl_div(s_dist.float(), t_global.float(), tau, reduction="sum", dim=1) / s_dist.numel()

@@ -10,12 +10,13 @@ as training goes on: Y_T = argmax_c [alpha * P_T + (1 - alpha) * P_T,global], al
 Terms (methods.md §4.2; paper Eq. 1-3): `base` = SoftTargetCE([CLS] logits, mixup/CutMix targets
 with label smoothing); `distill` = DeiT hard distillation CE(dist-token logits, argmax P_T,global);
 `cskd` = CE(pooled patch logits, Y_T) over all teacher positions (hard) or tau^2 KL summed over
-positions / B (soft). L = (1 - a) base + a distill + w_cskd cskd. Inference averages the heads
-that are trained: (cls + dist + mean patch logits) / 3 for CSKD.
+positions / B (soft). L = w_base base + w_distill distill + w_cskd cskd, where w_distill is
+DeiT's alpha (`deit_alpha`, the CE/distillation mixing weight) and w_base = 1 - w_distill.
+Inference averages the heads that are trained: (cls + dist + mean patch logits) / 3 for CSKD.
 
-Settings: a = w_cskd = 0 trains a plain DeiT (no teacher, no distillation token); w_cskd = 0 is
-DeiT hard distillation (inference (cls + dist) / 2, as DeiT). Deviations from the official code:
-the alpha schedule also takes endpoints and the `cosine`/`constant` shapes; with a = 0 the
+Settings: w_distill = w_cskd = 0 trains a plain DeiT (no teacher, no distillation token);
+w_cskd = 0 is DeiT hard distillation (inference (cls + dist) / 2, as DeiT). Deviations from the official code:
+the alpha schedule also takes endpoints and the `cosine`/`constant` shapes; with w_distill = 0 the
 distillation-token head is left out of the inference average (the code always averages three);
 the teacher is not stored in checkpoints (it is rebuilt from model.teacher_ckpt or the hub).
 """
@@ -27,7 +28,6 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from kdray.checkpoint import mismatched_keys
 from kdray.checks import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
@@ -35,9 +35,9 @@ from kdray.methods.cskd import losses as L
 from kdray.methods.cskd.deit import DeiTStudent, average_heads, build_deit
 from kdray.methods.cskd.dense import DenseTeacher, check_dense_consistent
 from kdray.modules.backbones import BACKBONES
+from kdray.modules.losses import term_weights, weighted_sum
 from kdray.modules.mixing import mix_images, mix_targets, soft_target_ce
-from kdray.modules.teachers import build_teacher as build_kdray_teacher
-from kdray.modules.teachers import load_model_state
+from kdray.modules.teachers import build_teacher, build_timm_teacher, freeze, load_model_state
 from kdray.registry import register_method
 from kdray.search import Choice, Float
 from kdray.types import Batch, DataInfo, LossDict, Step
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class CSKDConfig:
-    a: float = 0.5                   # deit_alpha, configs/cskd_{tiny,small,base}.py
+    w_distill: float = 0.5           # deit_alpha, configs/cskd_{tiny,small,base}.py; base: 1 - it
     w_cskd: float = 1.0              # cksd_loss_weight (sic), same configs
     alpha_schedule: str = "linear"   # cskd_decay_func: linear | x2 | cos (+ cosine | constant)
     alpha_start: float = 1.0         # alpha at epoch 0 (official: 1)
@@ -59,7 +59,7 @@ class CSKDConfig:
     label_smoothing: float = 0.1     # DeiT recipe (smoothing of the mixup targets)
 
     SEARCH: ClassVar[dict] = {
-        "a": Float(0.25, 0.75),                          # paper uses 1/2 (L = ½CE + ½distill)
+        "w_distill": Float(0.25, 0.75),                         # paper uses 1/2 (L = ½CE + ½distill)
         "w_cskd": Float(0.5, 2.0),                       # methods.md §6 suggestion
         "alpha_schedule": Choice(["linear", "x2", "cos"]),  # the official decay functions
         "alpha_start": Float(0.5, 1.0),
@@ -69,7 +69,7 @@ class CSKDConfig:
     }
 
     def __post_init__(self) -> None:
-        check_range("method_cfg.a", self.a, 0.0, 1.0)
+        check_range("method_cfg.w_distill", self.w_distill, 0.0, 1.0)
         check_range("method_cfg.w_cskd", self.w_cskd, 0.0, 100.0)
         check_choice("method_cfg.alpha_schedule", self.alpha_schedule, tuple(L.SHAPES))
         check_range("method_cfg.alpha_start", self.alpha_start, 0.0, 1.0)
@@ -80,8 +80,13 @@ class CSKDConfig:
         check_range("method_cfg.label_smoothing", self.label_smoothing, 0.0, 1.0, high_open=True)
 
     @property
+    def w_base(self) -> float:
+        """Weight of the [CLS] term: DeiT's 1 - alpha."""
+        return 1.0 - self.w_distill
+
+    @property
     def uses_teacher(self) -> bool:
-        return self.a > 0 or self.w_cskd > 0
+        return self.w_distill > 0 or self.w_cskd > 0
 
 
 def build_student(cfg: ExperimentConfig, num_classes: int) -> DeiTStudent:
@@ -92,40 +97,10 @@ def build_student(cfg: ExperimentConfig, num_classes: int) -> DeiTStudent:
     return DeiTStudent(vit, dense=m.w_cskd > 0)
 
 
-def _timm_teacher(arch: str, ckpt: str, num_classes: int):
-    """A timm CNN with weights from a plain state_dict file, or from the hub when `ckpt` is ""."""
-    import timm
-    from timm.models import get_pretrained_cfg, is_model
-
-    if not is_model(arch):
-        raise ConfigError(f"model.teacher_arch: unknown model {arch!r} (a kdray backbone such as "
-                          f"conv3, or a timm CNN such as regnety_160.deit_in1k)")
-    if not ckpt:
-        pcfg = get_pretrained_cfg(arch)
-        if pcfg is None or pcfg.num_classes != num_classes:
-            have = None if pcfg is None else pcfg.num_classes
-            raise ConfigError(f"model.teacher_ckpt: empty, so {arch!r} would load hub weights, but "
-                              f"they have {have} classes and the data {num_classes}; pass a "
-                              "teacher checkpoint with --set model.teacher_ckpt=PATH")
-        try:
-            return timm.create_model(arch, pretrained=True, num_classes=num_classes)
-        except Exception as e:  # offline, no HF access, corrupt cache ...
-            raise ConfigError(f"model.teacher_ckpt: could not fetch hub weights for {arch!r} "
-                              f"({type(e).__name__}: {e}); download them where there is internet "
-                              "or pass a local file with --set model.teacher_ckpt=PATH") from None
-    net = timm.create_model(arch, pretrained=False, num_classes=num_classes)
-    state, own = load_model_state(ckpt), net.state_dict()
-    bad = mismatched_keys(own, state)
-    if bad:
-        raise ConfigError(f"model.teacher_ckpt {ckpt!r} does not fit timm {arch!r} with "
-                          f"{num_classes} classes (mismatched keys/shapes: {bad[:5]})")
-    net.load_state_dict(state)
-    return net
-
-
 def build_dense_teacher(cfg: ExperimentConfig, num_classes: int) -> DenseTeacher:
-    """The frozen dense-logit teacher: kdray checkpoints (of a kdray or timm backbone) go through
-    KD's loader and compatibility check; plain timm state_dicts and hub weights through timm."""
+    """The frozen dense-logit teacher: kdray checkpoints (of a kdray or timm backbone) load into
+    a kdray classifier, plain timm state_dicts and hub weights into the timm model
+    (`kdray.modules.teachers`)."""
     arch, ckpt = cfg.model.teacher_arch, cfg.model.teacher_ckpt
     if not arch:
         raise ConfigError("model.teacher_arch: Cumulative Spatial KD needs a CNN teacher, e.g. "
@@ -135,15 +110,14 @@ def build_dense_teacher(cfg: ExperimentConfig, num_classes: int) -> DenseTeacher
         if not ckpt:
             raise ConfigError(f"model.teacher_ckpt: a trained {arch!r} teacher checkpoint is "
                               "needed (train one with method ce and pass its checkpoint.pt)")
-        net = build_kdray_teacher(cfg, num_classes)
+        net = build_teacher(cfg, num_classes)
     else:
-        net = _timm_teacher(arch, ckpt, num_classes)
+        net = build_timm_teacher(arch, ckpt, num_classes)
     try:
         teacher = DenseTeacher(net)
     except ValueError as e:
         raise ConfigError(f"model.teacher_arch: {e}") from None
-    teacher.requires_grad_(False)
-    return teacher.eval()
+    return freeze(teacher)
 
 
 @register_method("cskd")
@@ -194,20 +168,18 @@ class CSKD(Method):
         s = self.student(x)
         base = soft_target_ce(s.cls, mix_targets(batch.labels, batch.mix, self.num_classes,
                                                  m.label_smoothing))
-        out, loss = {"base": base.detach()}, (1.0 - m.a) * base
+        terms, out = {"base": base}, {}
         if self.teacher is not None:
             with torch.no_grad():
                 t_dense = self.teacher(x).float()          # (B, C, h, w)
-            if m.a > 0:
-                distill = self._distill(s.dist, t_dense.mean(dim=(2, 3)))
-                loss, out["distill"] = loss + m.a * distill, distill.detach()
+            if m.w_distill > 0:
+                terms["distill"] = self._distill(s.dist, t_dense.mean(dim=(2, 3)))
             if m.w_cskd > 0:
                 alpha = self.alpha(step)
-                cskd = self._cskd(s.dense, s.grid, L.fuse_teacher(t_dense, alpha))
-                loss, out["cskd"] = loss + m.w_cskd * cskd, cskd.detach()
+                terms["cskd"] = self._cskd(s.dense, s.grid, L.fuse_teacher(t_dense, alpha))
                 out["alpha"] = torch.tensor(alpha, device=x.device)
-        out["loss"] = loss
-        return out
+        return {**{k: v.detach() for k, v in terms.items()}, **out,
+                "loss": weighted_sum(terms, term_weights(m, terms))}
 
     def _distill(self, s_dist: torch.Tensor, t_global: torch.Tensor) -> torch.Tensor:
         if self.mcfg.distill_loss == "soft":
@@ -237,7 +209,7 @@ class CSKD(Method):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, C): the average of the trained heads."""
         out = unwrap(self.student)(x)
-        return average_heads(out, use_dist=self.mcfg.a > 0, use_dense=self.mcfg.w_cskd > 0)
+        return average_heads(out, use_dist=self.mcfg.w_distill > 0, use_dense=self.mcfg.w_cskd > 0)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, dict]:

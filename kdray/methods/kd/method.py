@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from kdray.checks import check_range
 from kdray.methods.base import Method
-from kdray.modules.losses import kd_kl
+from kdray.modules.losses import kl_div, term_weights, weighted_sum
 from kdray.modules.teachers import build_classifier, build_teacher
 from kdray.registry import register_method
 from kdray.search import Float
@@ -60,7 +60,7 @@ class KD(Method):
         s = self.student(x)
         with torch.no_grad():
             t = self.teacher(x)
-        ce = F.cross_entropy(s.logits, batch.labels)
-        kd = kd_kl(s.logits, t.logits.float(), self.mcfg.tau)
-        return {"loss": self.mcfg.w_ce * ce + self.mcfg.w_kd * kd, "ce": ce.detach(),
-                "kd": kd.detach()}
+        terms = {"ce": F.cross_entropy(s.logits, batch.labels),
+                 "kd": kl_div(s.logits, t.logits.float(), self.mcfg.tau)}
+        return {"loss": weighted_sum(terms, term_weights(self.mcfg, terms)),
+                **{k: v.detach() for k, v in terms.items()}}

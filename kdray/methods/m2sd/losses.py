@@ -1,5 +1,5 @@
-"""Pure loss functions of M2SD (methods.md §5.2): symmetric KL, KL to a soft label, attention
-transfer (Zagoruyko & Komodakis, ICLR 2017, p = 2)."""
+"""Pure loss functions of M2SD (methods.md §5.2): symmetric KL (the KL to a soft label is
+`kdray.modules.losses.kl_div`), attention transfer (Zagoruyko & Komodakis, ICLR 2017, p = 2)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdray.modules.losses import kl_div
 
-def kl_div(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """KL(p ‖ q) of softmax(·/T) distributions, batch mean, scaled by T² (Hinton's convention).
 
-    Args:
-        p_logits, q_logits: (B, C) logits.
-    """
-    log_p = F.log_softmax(p_logits.float() / temperature, dim=-1)
-    log_q = F.log_softmax(q_logits.float() / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean() * temperature**2
+def soft_label_kl(p_logits: Tensor, q_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """KL(p ‖ q) of softmax(·/T), batch mean, times T² (M2SD's argument order: target first;
+    `kl_div(s, t)` is KL(t ‖ s)). T² is one factor, as M2SD has always computed it."""
+    kl = kl_div(q_logits.float(), p_logits.float(), temperature, scale_tau2=False)
+    return kl * temperature**2
 
 
 def symmetric_kl(a_logits: Tensor, b_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """KL(a ‖ b) + KL(b ‖ a) (Eq. L_KL^v), gradients through both sides."""
-    return kl_div(a_logits, b_logits, temperature) + kl_div(b_logits, a_logits, temperature)
+    return (soft_label_kl(a_logits, b_logits, temperature)
+            + soft_label_kl(b_logits, a_logits, temperature))
 
 
 def attention_map(feat: Tensor) -> Tensor:

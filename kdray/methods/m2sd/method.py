@@ -43,9 +43,11 @@ from kdray.checks import ConfigError, check, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
 from kdray.methods.m2sd.enhance import FeatureEnhancer
-from kdray.methods.m2sd.losses import at_loss, kl_div, symmetric_kl
+from kdray.methods.m2sd.losses import at_loss, soft_label_kl, symmetric_kl
 from kdray.modules import mixing
 from kdray.modules.backbones import build_backbone
+from kdray.modules.losses import term_weights, weighted_sum
+from kdray.modules.teachers import load_strict
 from kdray.registry import register_method
 from kdray.search import Choice, Float
 from kdray.types import Batch, LossDict, Step
@@ -191,10 +193,8 @@ class M2SD(Method):
                 terms["kl"] = symmetric_kl(logits[1], logits[2], m.kl_temp)
         if m.enhance:
             terms.update(self._sd_terms(out, logits[0], y))
-        weights = {"ce": m.w_ce, "mix": m.w_mix, "kl": m.w_kl, "sd": m.w_sd, "at": m.w_at,
-                   "aux": m.w_aux}
-        loss = sum(weights[k] * v for k, v in terms.items())
-        return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}
+        return {"loss": weighted_sum(terms, term_weights(m, terms)),
+                **{k: v.detach() for k, v in terms.items()}}
 
     def _sd_terms(self, out: M2SDOutput, clean_logits: Tensor, y: Tensor) -> dict[str, Tensor]:
         """`sd`, `at` and `aux` on the clean rows (stage 2-2)."""
@@ -204,7 +204,7 @@ class M2SD(Method):
             fe_logits_t, enhanced_t = fe_logits.detach(), [t.detach() for t in enhanced]
         else:
             fe_logits_t, enhanced_t = fe_logits, enhanced
-        terms = {"sd": kl_div(fe_logits_t, clean_logits, m.kl_temp),
+        terms = {"sd": soft_label_kl(fe_logits_t, clean_logits, m.kl_temp),  # KL(p̂ ‖ f(x))
                  "at": at_loss(enhanced_t, out.stages)}
         if m.w_aux > 0:
             terms["aux"] = F.cross_entropy(fe_logits, y)
@@ -214,9 +214,6 @@ class M2SD(Method):
         """Start from a stage-1 checkpoint (e.g. `ce`): backbone and W; FE keeps its init."""
         from kdray.checkpoint import load_checkpoint
 
-        state = load_checkpoint(path)["model"]["student"]
-        res = unwrap(self.student).load_state_dict(state, strict=False)
-        bad = list(res.unexpected_keys) + [k for k in res.missing_keys if not k.startswith("fe.")]
-        if bad:
-            raise ConfigError(f"train.init_from={path!r} does not fit M2SD's student "
-                              f"(backbone + head): mismatched keys {bad[:5]}")
+        load_strict(unwrap(self.student), load_checkpoint(path)["model"]["student"],
+                    source=f"train.init_from={path!r}", what="M2SD's student (backbone + head)",
+                    keep_own=lambda k: k.startswith("fe."))

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from kdray.checkpoint import mismatched_keys
 from kdray.checks import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
@@ -32,7 +31,7 @@ from kdray.methods.mkd.decoder import POS_EMBEDS, AdaptiveDecoder, grid_size
 from kdray.methods.mkd.losses import NORMS, GlobalRelationLoss, feat_loss
 from kdray.methods.mkd.mask import MaskedConvHooks, convert_visible_bn, random_mask
 from kdray.modules import detectors as D
-from kdray.modules.teachers import load_model_state
+from kdray.modules.teachers import freeze, load_model_state, load_strict
 from kdray.registry import register_method
 from kdray.search import Choice, Float
 from kdray.types import Batch, DataInfo, LossDict, Step
@@ -101,18 +100,14 @@ def build_student_detector(cfg: ExperimentConfig, num_classes: int) -> nn.Module
 def teacher_state(path: str) -> dict[str, Tensor]:
     """Detector weights from a kdray checkpoint (its student's `detector.*`) or a torchvision
     state_dict file; raises ConfigError when there is no file."""
-    
-    state = load_model_state(path)
-    if any(k.startswith("detector.") for k in state):
-        state = {k[len("detector."):]: v for k, v in state.items() if k.startswith("detector.")}
-    return state
+    return load_model_state(path, prefix="detector.")
 
 
 def build_teacher(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
     """The frozen teacher detector (model.teacher_arch, same family); ConfigError if it does not
     fit model.teacher_ckpt."""
-    m, arch = cfg.method_cfg, cfg.model.teacher_arch or cfg.model.arch
-    if not cfg.model.teacher_ckpt:
+    m, arch, ckpt = cfg.method_cfg, cfg.model.teacher_arch or cfg.model.arch, cfg.model.teacher_ckpt
+    if not ckpt:
         raise ConfigError("model.teacher_ckpt: MKD needs a trained teacher detector (a kdray "
                           "checkpoint of method mkd with w_feat=w_global=0, or a torchvision "
                           "state_dict); set method_cfg.w_feat=0 and w_global=0 to train without")
@@ -121,17 +116,12 @@ def build_teacher(cfg: ExperimentConfig, num_classes: int) -> nn.Module:
                                image_size=cfg.data.image_size)
     except ValueError as e:
         raise ConfigError(f"model.teacher_arch: {e}") from None
-    state, own = teacher_state(cfg.model.teacher_ckpt), net.state_dict()
-    for k in own:  # torchvision checkpoints have FrozenBatchNorm2d: no num_batches_tracked
-        if k.endswith("num_batches_tracked") and k not in state:
-            state[k] = own[k]
-    bad = mismatched_keys(own, state)
-    if bad:
-        raise ConfigError(f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} does not fit a "
-                          f"{m.detector} {arch} teacher with {num_classes} classes and FPN width "
-                          f"{m.teacher_fpn_channels} (mismatched keys/shapes: {bad[:5]})")
-    net.load_state_dict(state)
-    return net.requires_grad_(False).eval()
+    # torchvision checkpoints have FrozenBatchNorm2d: no num_batches_tracked
+    load_strict(net, teacher_state(ckpt), source=f"model.teacher_ckpt {ckpt!r}",
+                what=f"a {m.detector} {arch} teacher with {num_classes} classes and FPN width "
+                     f"{m.teacher_fpn_channels}",
+                keep_own=lambda k: k.endswith("num_batches_tracked"))
+    return freeze(net)
 
 
 class MKDStudent(nn.Module):

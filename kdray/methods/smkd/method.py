@@ -50,7 +50,9 @@ from kdray.modules.backbones import build_backbone
 from kdray.modules.center import Center
 from kdray.modules.ema import ema_momentum, ema_update_, frozen_copy
 from kdray.modules.heads import IBOTHead
+from kdray.modules.losses import weighted_sum
 from kdray.modules.multicrop import MultiCropModel, MultiCropOutput
+from kdray.modules.teachers import load_strict
 from kdray.modules.vit import MaskedViT, arch_patch_size
 from kdray.registry import register_method
 from kdray.schedules import warmup_then_constant
@@ -199,8 +201,7 @@ class SMKD(Method):
             out["cls"] = self._cls_term(s, t, labels, temp, supervised)
         out.update(self._patch_terms(s, t, batch, labels, temp))
         self._pending = (t.cls.detach(), None if t.patch is None else t.patch.mean(1).detach())
-        w = {"cls": self.w_cls, "patch": self.w_patch, "mim": self.w_mim}
-        loss = sum(w[k] * v for k, v in out.items())
+        loss = weighted_sum(out, {"cls": self.w_cls, "patch": self.w_patch, "mim": self.w_mim})
         return {"loss": loss, **{k: v.detach() for k, v in out.items()}}
 
     def _cls_term(self, s: MultiCropOutput, t: MultiCropOutput, labels: Tensor, temp: float,
@@ -271,7 +272,7 @@ class SMKD(Method):
         any other missing, unexpected or mis-shaped weight raises ConfigError. Optimizer state
         and schedules are not restored: phase 2 restarts them, as the SMKD code does.
         """
-        from kdray.checkpoint import load_checkpoint, state_mismatch  # weights_only=True
+        from kdray.checkpoint import load_checkpoint  # weights_only=True
 
         try:
             ckpt = load_checkpoint(path)
@@ -286,12 +287,8 @@ class SMKD(Method):
             if module is None or name not in model:
                 log.info("init_from: %s not loaded (absent in model or checkpoint)", name)
                 continue
-            module, state = unwrap(module), model[name]
-            own = module.state_dict()
-            why = state_mismatch(own, state, optional=("mask_token",))
-            if why:
-                raise ConfigError(f"{path}:{name} does not fit this model (same model.arch and head "
-                                  f"dims needed): {why}")
-            module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+            load_strict(unwrap(module), model[name], source=f"train.init_from {path!r} ({name})",
+                        what="this model (same model.arch and head dims needed)",
+                        optional=("mask_token",))
 
     init_from_checkpoint = load_phase1   # the engine's `train.init_from` hook

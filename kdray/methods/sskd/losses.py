@@ -1,5 +1,6 @@
 """SSKD pieces (methods.md §3): the transformed views, the rotated-vs-normal similarity matrix,
-the teacher's contrastive objective, per-sample ranks, selective transfer and the row-averaged KL.
+the teacher's contrastive objective, per-sample ranks, and selective transfer (the row-averaged KL is
+`kdray.modules.losses.kl_div(..., reduction="masked")`).
 
 Row layout used throughout: transformed samples are view-major, row r = k * B + b is the k-th
 transformed copy of image b, so its positive (its own source) is normal sample b = r % B.
@@ -135,23 +136,3 @@ def select_rows(rank: Tensor, ratio: float) -> Tensor:
     place = torch.empty_like(order)
     place[order] = torch.arange(rank.numel(), device=rank.device)
     return place < keep
-
-
-def kl_rows(s_logits: Tensor, t_logits: Tensor, tau: float, keep: Tensor | None = None) -> Tensor:
-    """tau^2 * KL(softmax(t / tau) || softmax(s / tau)) summed over columns and averaged over the
-    kept rows (official `kl_div(..., reduction="batchmean")` on the selected rows).
-
-    Args:
-        s_logits: (N, M) student scores; t_logits: (N, M) teacher scores (no gradient needed).
-        tau: temperature > 0; keep: optional (N,) bool mask of rows to use.
-    Returns:
-        0-dim loss; 0 (still connected to `s_logits`) when no row is kept.
-    """
-    log_p_s = F.log_softmax(s_logits.float() / tau, dim=1)
-    log_p_t = F.log_softmax(t_logits.float() / tau, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
-    if keep is None:
-        return kl.mean() * tau * tau
-    # masked mean rather than boolean indexing: no host sync; 0 (connected) when nothing is kept
-    w = keep.to(kl.dtype)
-    return (kl * w).sum() / w.sum().clamp(min=1.0) * tau * tau

@@ -33,14 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdray.checkpoint import mismatched_keys
 from kdray.checks import ConfigError, check_choice, check_range
 from kdray.dist import unwrap
 from kdray.methods.base import Method
 from kdray.methods.sskd import losses as L
 from kdray.modules.backbones import Classifier, build_backbone
-from kdray.modules.losses import kd_kl
-from kdray.modules.teachers import build_classifier, check_card, load_model_state, read_card
+from kdray.modules.losses import kl_div, term_weights, weighted_sum
+from kdray.modules.teachers import (
+    build_classifier,
+    freeze,
+    load_strict,
+    model_state,
+    read_file,
+    torchvision_to_classifier,
+)
 from kdray.registry import register_method
 from kdray.search import Choice, Float
 from kdray.types import Batch, DataInfo, LossDict, Step
@@ -119,76 +125,54 @@ class SSKDNet(nn.Module):
         return SSKDOutput(out.logits, out.feat, proj)
 
 
-def _load_strict(module: nn.Module, state: dict, what: str) -> None:
-    own = module.state_dict()
-    bad = mismatched_keys(own, state)
-    if bad:
-        raise ConfigError(f"model.teacher_ckpt does not fit {what} (mismatched keys/shapes: "
-                          f"{bad[:5]})")
-    module.load_state_dict(state)
-
-
 def teacher_states(path: str) -> tuple[dict, dict | None]:
     """(classifier state, SS-head state or None) from a T2 (`sskd_teacher`) checkpoint, or a T1
     (`ce`) checkpoint / plain classifier state_dict / torchvision-style ResNet state_dict (`fc.*`
     becomes the head; e.g. ImageNet resnet34 weights for the timm `resnet34` backbone)."""
-    load_model_state(path)  # raises ConfigError for a missing file
-    raw = torch.load(path, map_location="cpu", weights_only=True)
+    raw = read_file(path)  # ConfigError for a missing file
     model = raw.get("model", raw) if isinstance(raw, dict) else {}
     if isinstance(model, dict) and "ss_head" in model and "teacher" in model:
         return model["teacher"], model["ss_head"]
-    state = load_model_state(path)
-    if "fc.weight" in state and "conv1.weight" in state:  # torchvision/timm ResNet state_dict
-        state = {(f"head.{k[3:]}" if k.startswith("fc.") else f"backbone.{k}"): v
-                 for k, v in state.items()}
-    return state, None
+    return torchvision_to_classifier(model_state(raw)), None
 
 
 def build_sskd_teacher(cfg: ExperimentConfig, num_classes: int, *, with_head: bool) -> SSKDNet:
     """The frozen teacher (classifier + SS module when `with_head`) from model.teacher_ckpt."""
-    arch = cfg.model.teacher_arch or cfg.model.arch
-    if not cfg.model.teacher_ckpt:
+    arch, ckpt = cfg.model.teacher_arch or cfg.model.arch, cfg.model.teacher_ckpt
+    if not ckpt:
         raise ConfigError("model.teacher_ckpt: SSKD needs a trained teacher (stage T1 with "
                           "method ce, then stage T2 with method sskd_teacher)")
-    cls_state, head_state = teacher_states(cfg.model.teacher_ckpt)
+    cls_state, head_state = teacher_states(ckpt)
     classifier = Classifier(build_backbone(arch, image_size=cfg.data.image_size), num_classes)
-    _load_strict(classifier, cls_state, f"teacher arch {arch!r} with {num_classes} classes")
+    source = f"model.teacher_ckpt {ckpt!r}"
+    load_strict(classifier, cls_state, source=source,
+                what=f"teacher arch {arch!r} with {num_classes} classes")
     head = None
     if with_head:
         if head_state is None:
-            raise ConfigError(f"model.teacher_ckpt {cfg.model.teacher_ckpt!r} has no SS module; "
+            raise ConfigError(f"model.teacher_ckpt {ckpt!r} has no SS module; "
                               "train it first (method sskd_teacher on this checkpoint) or set "
                               "method_cfg.w_ss=0")
-        head = ss_head(classifier.backbone.num_features)
-        _load_strict(head, head_state, f"the SS module of {arch!r}")
-    teacher = SSKDNet(classifier, head)
-    teacher.requires_grad_(False)
-    return teacher.eval()
+        head = load_strict(ss_head(classifier.backbone.num_features), head_state, source=source,
+                           what=f"the SS module of {arch!r}")
+    return freeze(SSKDNet(classifier, head))
 
 
 def check_teacher(cfg: ExperimentConfig, data: DataInfo, *, with_head: bool, min_acc: float = 0.0,
-                  eval_items: int = 0, require_card: bool = False, transforms: str = "") -> float:
+                  eval_items: int = 0) -> float:
     """Driver-side teacher check of SSKD: the checkpoint fits the architecture (and has an SS
-    module when needed), its registry card matches, and its measured top-1 reaches `min_acc`.
+    module when needed) and its measured top-1 reaches `min_acc` (its registry card is checked
+    before, by the engine's preflight, with `SSKD.teacher_card_checks`).
 
     Returns:
         The measured top-1 (%), or NaN when `min_acc` is 0 (no measurement).
     Raises:
         ConfigError naming the problem.
     """
-    n = data.num_classes
-    teacher = build_sskd_teacher(cfg, n, with_head=with_head)
-    arch, ckpt = cfg.model.teacher_arch or cfg.model.arch, cfg.model.teacher_ckpt
-    card = read_card(ckpt)
-    if card is not None:
-        check_card(card, ckpt, arch=arch, dataset=cfg.data.dataset, num_classes=n,
-                   min_top1=min_acc, ss_transforms=transforms)
-    elif require_card:
-        raise ConfigError(f"model.teacher_ckpt {ckpt!r} has no registry card "
-                          f"({ckpt}.card.json); register it with "
-                          "kdray.modules.teachers.write_card")
+    teacher = build_sskd_teacher(cfg, data.num_classes, with_head=with_head)
     if min_acc <= 0:
         return float("nan")
+    arch, ckpt = cfg.model.teacher_arch or cfg.model.arch, cfg.model.teacher_ckpt
     acc = data.top1(lambda x: teacher(x).logits, eval_items)
     if acc < min_acc:
         raise ConfigError(f"model.teacher_ckpt {ckpt!r}: teacher {arch!r} measures {acc:.2f}% "
@@ -220,8 +204,14 @@ class SSKD(Method):
             raise ConfigError(f"model.arch: {e}") from None
         if m.uses_teacher or cfg.model.teacher_ckpt:  # rows of a study share one teacher check
             check_teacher(cfg, data, with_head=m.w_ss > 0, min_acc=m.teacher_min_acc,
-                          eval_items=m.teacher_eval_items, require_card=m.require_card,
-                          transforms=m.transforms if m.w_ss > 0 else "")
+                          eval_items=m.teacher_eval_items)
+
+    @classmethod
+    def teacher_card_checks(cls, cfg: ExperimentConfig) -> dict:
+        """The card must record the expected accuracy and, with L_ss, the run's transforms."""
+        m = cfg.method_cfg
+        return {"min_top1": m.teacher_min_acc, "require": m.require_card,
+                "ss_transforms": m.transforms if m.w_ss > 0 else ""}
 
     def forward(self, batch: Batch, step: Step) -> LossDict:
         m, x, y = self.mcfg, batch.views[0], batch.labels
@@ -230,28 +220,25 @@ class SSKD(Method):
             g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step.it)
             x = torch.cat([x, L.transformed_views(x, m.transforms, g)])
         s = self.student(x)
-        ce = F.cross_entropy(s.logits[:b], y)
-        out, loss = {"ce": ce.detach()}, m.w_ce * ce
+        terms, out = {"ce": F.cross_entropy(s.logits[:b], y)}, {}
         if self.teacher is not None:
             with torch.no_grad():
                 t = self.teacher(x)
-            terms = {"kd": kd_kl(s.logits[:b], t.logits[:b].float(), m.tau_kd) if m.w_kd > 0
-                     else None}
+            if m.w_kd > 0:
+                terms["kd"] = kl_div(s.logits[:b], t.logits[:b].float(), m.tau_kd)
             if m.w_tf > 0:
                 terms["tf"] = self._tf(s.logits[b:], t.logits[b:], y.repeat(len(x) // b - 1), out)
             if m.w_ss > 0:
                 terms["ss"] = self._ss(s.proj, t.proj, b, out)
-            for k, v in terms.items():
-                if v is not None:
-                    loss, out[k] = loss + getattr(m, f"w_{k}") * v, v.detach()
-        out["loss"] = loss
-        return out
+        return {**{k: v.detach() for k, v in terms.items()}, **out,
+                "loss": weighted_sum(terms, term_weights(m, terms))}
 
     def _tf(self, s_logits: Tensor, t_logits: Tensor, target: Tensor, out: LossDict) -> Tensor:
         """L_T over the transformed rows kept by the teacher's true-class rank."""
         keep = L.select_rows(L.target_rank(t_logits.float(), target), self.mcfg.ratio_tf)
         out["tf_kept"] = keep.float().mean()
-        return L.kl_rows(s_logits, t_logits, self.mcfg.tau_tf, keep)
+        return kl_div(s_logits.float(), t_logits.float(), self.mcfg.tau_tf, reduction="masked",
+                      mask=keep, dim=1)
 
     def _ss(self, s_proj: Tensor, t_proj: Tensor, b: int, out: LossDict) -> Tensor:
         """L_ss over the similarity rows kept by the rank of each row's own source image."""
@@ -259,7 +246,8 @@ class SSKD(Method):
         rank = L.target_rank(t_sim, L.source_index(len(t_sim), b, t_sim.device))
         keep = L.select_rows(rank, self.mcfg.ratio_ss)
         out["ss_kept"], out["t_ss_acc"] = keep.float().mean(), (rank == 0).float().mean()
-        return L.kl_rows(s_sim, t_sim, self.mcfg.tau_ss, keep)
+        return kl_div(s_sim.float(), t_sim.float(), self.mcfg.tau_ss, reduction="masked",
+                      mask=keep, dim=1)
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, dict]:
