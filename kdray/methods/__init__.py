@@ -1,13 +1,20 @@
 """The methods: one package per method, registered by name in `kdray.registry`.
 
 Adding a method = a new package kdray/methods/<name>/ (its Method subclass decorated with
-``@register_method("<name>")``) plus one import line below.
+``@register_method("<name>")``) plus one line in the import list below.
 """
 
 from __future__ import annotations
 
-# One line per method: importing the package registers it.
-from kdray.methods import ce, cskd, kd, m2sd, mkd, smkd, sskd  # noqa: E402, F401, I001
+from kdray.methods import (  # noqa: F401 - one line per method: importing it registers it
+    ce,
+    cskd,
+    kd,
+    m2sd,
+    mkd,
+    smkd,
+    sskd,
+)
 from kdray.methods.base import Method
 from kdray.registry import METHODS
 
