@@ -9,6 +9,7 @@ from __future__ import annotations
 from kdray.methods import (  # noqa: F401 - one line per method: importing it registers it
     ce,
     cskd,
+    dkd,
     kd,
     m2sd,
     mkd,
