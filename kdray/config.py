@@ -250,6 +250,24 @@ class ExperimentConfig:
         raw = self.to_dict()
         if "method" in items and items["method"] != self.method:
             raw["method_cfg"] = None  # a different method starts from its own defaults
+        _rederive(raw, items, method_class(raw.get("method", self.method)).Config)
         for key, value in items.items():
             set_dotted(raw, key, value, self)
         return ExperimentConfig.from_dict(raw)
+
+
+def _rederive(raw: dict, items: dict[str, Any], mcls: type) -> None:
+    """Fields of a method config whose defaults follow another field (``Config.DERIVED``, e.g.
+    SMKD's loss weights follow its phase) go back to their default (None, resolved again in the
+    Config's ``__post_init__``) when that field is overridden and they are not set alongside."""
+    derived: dict[str, tuple[str, ...]] = getattr(mcls, "DERIVED", {})
+    section = raw.get("method_cfg")
+    if not derived or not isinstance(section, dict):
+        return
+    for field_name, dependents in derived.items():
+        if f"method_cfg.{field_name}" not in items:
+            continue
+        for dep in dependents:
+            if f"method_cfg.{dep}" not in items:
+                section[dep] = None
+

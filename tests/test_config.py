@@ -62,3 +62,22 @@ def test_search_domains_validate():
         Float(0.0, 1.0, log=True)
     assert Int(1, 3).contains(3) and not Int(1, 3).contains(4)
     assert Choice(["a", "b"]).contains("b")
+
+
+def test_phase_derived_weights_are_numbers_and_follow_the_phase():
+    """SMKD's w_patch / w_mim default by phase; the config (and so config.json and the MLflow
+    params) always holds the numbers, and a new phase re-derives them unless set alongside."""
+    c = ExperimentConfig(method="smkd")
+    assert (c.method_cfg.w_patch, c.method_cfg.w_mim) == (0.0, 1.0)           # ssl (iBOT)
+    sup = c.override({"method_cfg.phase": "supervised"})
+    assert (sup.method_cfg.w_patch, sup.method_cfg.w_mim) == (1.0, 0.0)
+    back = sup.override({"method_cfg.phase": "ssl"})                          # not stuck at 1/0
+    assert (back.method_cfg.w_patch, back.method_cfg.w_mim) == (0.0, 1.0)
+    both = sup.override({"method_cfg.phase": "ssl", "method_cfg.w_patch": 0.5})
+    assert (both.method_cfg.w_patch, both.method_cfg.w_mim) == (0.5, 1.0)
+    kept = sup.override({"method_cfg.w_mim": 0.3})                            # phase untouched
+    assert (kept.method_cfg.w_patch, kept.method_cfg.w_mim) == (1.0, 0.3)
+    flat = sup.flatten()
+    assert flat["method_cfg.w_patch"] == 1.0 and None not in (
+        flat["method_cfg.w_patch"], flat["method_cfg.w_mim"])
+    assert ExperimentConfig.from_dict(sup.to_dict()) == sup

@@ -70,8 +70,8 @@ N_GLOBAL = 2
 class SMKDConfig:
     phase: str = "ssl"                   # ssl = phase 1 (iBOT), supervised = phase 2 (README)
     w_cls: float = 1.0                   # lambda1, main_smkd.py default
-    w_patch: float | None = None         # lambda2; None = phase default (ssl 0, supervised 1)
-    w_mim: float | None = None           # lambda3; None = phase default (ssl 1, supervised 0)
+    w_patch: float | None = None         # lambda2; None -> phase default (ssl 0, supervised 1)
+    w_mim: float | None = None           # lambda3; None -> phase default (ssl 1, supervised 0)
     patch_impl: str = "paper"            # paper | official (methods.md §1.2, items 1-3)
     cls_impl: str = "paper"              # paper | official (item 4: no same-image global pairs)
     wk_mode: str = "uniform"             # uniform | attention (code `--weighted_pool`, default off)
@@ -97,14 +97,23 @@ class SMKDConfig:
         "ema_momentum": Float(0.99, 0.9995),     # DINO/iBOT range
     }
 
+    # Fields whose defaults follow `phase`: a new phase re-derives them unless they are set in
+    # the same override (kdray.config.ExperimentConfig.override), so a config always holds the
+    # numbers it trains with (no None reaches config.json or the MLflow params).
+    DERIVED: ClassVar[dict[str, tuple[str, ...]]] = {"phase": ("w_patch", "w_mim")}
+
     def __post_init__(self) -> None:
         check_choice("method_cfg.phase", self.phase, ("ssl", "supervised"))
+        ssl = self.phase == "ssl"
+        if self.w_patch is None:
+            object.__setattr__(self, "w_patch", 0.0 if ssl else 1.0)
+        if self.w_mim is None:
+            object.__setattr__(self, "w_mim", 1.0 if ssl else 0.0)
         check_choice("method_cfg.patch_impl", self.patch_impl, ("paper", "official"))
         check_choice("method_cfg.cls_impl", self.cls_impl, ("paper", "official"))
         check_choice("method_cfg.wk_mode", self.wk_mode, ("uniform", "attention"))
         for k in ("w_cls", "w_patch", "w_mim"):
-            if getattr(self, k) is not None:
-                check_range(f"method_cfg.{k}", getattr(self, k), 0.0, 100.0)
+            check_range(f"method_cfg.{k}", getattr(self, k), 0.0, 100.0)
         check(sum(self.weights) > 0, "method_cfg.w_*", "at least one loss weight must be > 0")
         for k in ("teacher_temp", "warmup_teacher_temp", "student_temp"):
             check_range(f"method_cfg.{k}", getattr(self, k), 0.0, 10.0, low_open=True)
@@ -116,11 +125,8 @@ class SMKDConfig:
 
     @property
     def weights(self) -> tuple[float, float, float]:
-        """(w_cls, w_patch, w_mim) with the phase defaults filled in."""
-        ssl = self.phase == "ssl"
-        w_patch = self.w_patch if self.w_patch is not None else (0.0 if ssl else 1.0)
-        w_mim = self.w_mim if self.w_mim is not None else (1.0 if ssl else 0.0)
-        return self.w_cls, w_patch, w_mim
+        """(w_cls, w_patch, w_mim)."""
+        return self.w_cls, self.w_patch, self.w_mim
 
 
 @register_method("smkd")
