@@ -19,7 +19,7 @@ def build(preset: str) -> Study:
         budget=P.BUDGET[preset], metric="val/top1",
         columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
         description="Cumulative Spatial KD (CNN teacher -> DeiT student): ablation ladder, then a "
-                    "TPE search. Paper column: ImageNet-1k top-1 (methods.md §4.5).")
+                    "TPE search. Paper column: ImageNet-1k top-1 (docs/methods/cskd.md §4.5).")
 
 
 def with_teacher(study: Study, args) -> Study:

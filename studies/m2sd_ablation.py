@@ -38,7 +38,7 @@ def _describe(base: ExperimentConfig) -> str:
             f"training) checkpoint and trains {base.train.epochs} more epochs on the base session. "
             "Columns: top-1 (%) over all seen classes after each session (S0 = base), Avg, "
             "PD = S0 - last, and base / novel accuracy and their harmonic mean after the last "
-            f"session. References (methods.md §5.5, recalled): {refs}.")
+            f"session. References (docs/methods/m2sd.md §5.5, recalled): {refs}.")
 
 
 def with_stage1(study: Study, args) -> Study:

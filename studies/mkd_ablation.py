@@ -24,7 +24,7 @@ def build(preset: str) -> Study:
         budget=P.BUDGET[preset], metric="val/AP", columns=COLUMNS,
         description="MKD (masked-input RetinaNet student, adaptive decoder, FGD global loss): "
                     "ablation ladder, then a TPE search. Ours: COCO box AP in [0, 1]; paper "
-                    "column: COCO val2017 box AP in % (methods.md §2.5; paper teacher assumed "
+                    "column: COCO val2017 box AP in % (docs/methods/mkd.md §2.5; paper teacher assumed "
                     "RetinaNet-X101, ours R101).")
 
 

@@ -31,7 +31,7 @@ def build(preset: str) -> Study:
             f"(iBOT) checkpoint and trains {base.train.epochs} more epochs, so 'phase 1 only' is "
             "iBOT continued for the same compute. 5-way prototype accuracy (%) ± 95% CI on "
             f"{base.eval.episodes} {base.eval.split} episodes; searched trials are scored on val. "
-            "Paper column: methods.md §1.5 (1-shot / 5-shot; iBOT = the README's phase-1 model, "
+            "Paper column: docs/methods/smkd.md §1.5 (1-shot / 5-shot; iBOT = the README's phase-1 model, "
             "SMKD = paper Tables 1-2, implementation unknown)."))
 
 

@@ -32,7 +32,7 @@ def build(preset: str) -> Study:
         space=P.SPACE, budget=P.BUDGET[preset], metric="val/top1",
         columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
         description="SSKD (CNN teacher -> CNN student): ablation ladder, then a TPE search. "
-                    "Paper column: CIFAR-100 top-1 of the same pair (methods.md §3.6).")
+                    "Paper column: CIFAR-100 top-1 of the same pair (docs/methods/sskd.md §3.6).")
 
 
 def with_teacher(study: Study, args) -> Study:

@@ -4,7 +4,7 @@
 Each `ray start` runs in a new session (setsid), so every process it spawns (GCS, raylets,
 dashboard, agents, and the workers the raylets fork later) carries that session id. At exit those
 are signalled by PID (SIGTERM, then SIGKILL), with start times checked so that a recycled PID is
-never hit (pitfalls P7, P9). Linux only: the process table is read from /proc.
+never hit (docs/runtime.md §P7, §P9). Linux only: the process table is read from /proc.
 """
 
 from __future__ import annotations
@@ -177,7 +177,7 @@ def _disconnect_driver(address: str) -> None:
 
 
 def _forget_address(cluster: LocalCluster) -> None:
-    """Remove `ray_current_cluster` files that point at this cluster (P7)."""
+    """Remove `ray_current_cluster` files that point at this cluster (docs/runtime.md §P7)."""
     from ray._common.utils import get_default_ray_temp_dir
 
     for d in (cluster.temp_dir, Path(get_default_ray_temp_dir())):

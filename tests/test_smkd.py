@@ -167,7 +167,7 @@ def test_eq5_patch_paper_matches_loop(wk_mode):
 
 
 def _official_reference(t, s, tf, sf, labels, attn):
-    """The released code's semantics (methods.md §1.2), written as group-flattened tensors."""
+    """The released code's semantics (docs/methods/smkd.md §1.2), written as group-flattened tensors."""
     n, k = t.shape[2], t.shape[3]
     terms = []
     for sv in range(G):

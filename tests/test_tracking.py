@@ -66,7 +66,7 @@ def test_default_uri_is_absolute_sqlite(tmp_path: Path, monkeypatch: pytest.Monk
 def test_parent_child_in_explicit_experiment(store, monkeypatch: pytest.MonkeyPatch) -> None:
     uri, client, root = store
     decoy = get_or_create_experiment(client, "decoy")
-    # what mlflow.set_experiment would have exported in a driver (pitfall P5)
+    # what mlflow.set_experiment would have exported in a driver (docs/runtime.md §P5)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", decoy)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "decoy")
     parent = start_study_run(uri, "kdray-test", "study-a", params={"optim.lr": 0.1},

@@ -27,7 +27,7 @@ _MASK64 = (1 << 64) - 1
 
 IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
-# CIFAR-100 statistics as used for CIFAR-FS / FC100 (methods.md §1.3): (129.38, 124.11, 112.48)/255
+# CIFAR-100 statistics as used for CIFAR-FS / FC100 (docs/methods/smkd.md §1.3): (129.38, 124.11, 112.48)/255
 CIFAR100_STATS = ((0.5074, 0.4867, 0.4411), (0.2675, 0.2566, 0.2763))
 
 

@@ -2,7 +2,7 @@
 
 Images are read from a flat folder ``<root>/mini_imagenet/images/<filename>`` with the file
 names of the shipped CSVs ``splits/mini_imagenet/{train,val,test}.csv`` (``filename,label``;
-64/16/20 classes x 600 images). Any image size works (transforms resize); methods.md §1.3 notes
+64/16/20 classes x 600 images). Any image size works (transforms resize); docs/methods/smkd.md §1.3 notes
 that SMKD stores them at 480 px rather than 84 px.
 """
 

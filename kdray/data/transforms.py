@@ -4,7 +4,7 @@ Inputs are PIL images (RGB); outputs are normalised float tensors (3, H, W). Tra
 return a list of views. All randomness comes from torch's global generator, which the training
 dataset reseeds per sample (``kdray.data.loader``), so augmentations are reproducible.
 
-Multi-crop follows methods.md §1.3 (DINO/iBOT/SMKD): colour jitter (0.4, 0.4, 0.2, 0.1) with
+Multi-crop follows docs/methods/smkd.md §1.3 (DINO/iBOT/SMKD): colour jitter (0.4, 0.4, 0.2, 0.1) with
 p=0.8, grayscale p=0.2, flips; global view 1 blur p=1.0, global view 2 blur p=0.1 + solarize
 p=0.2 (further global views alternate), local views blur p=0.5. Blur sigma (0.1, 2.0) is given for
 224-px crops; it is scaled by crop_size / 224, but never below a quarter of it (so a 32-px crop

@@ -1,4 +1,4 @@
-"""Few-shot episode evaluation (SMKD protocol, methods.md §1.4), sharded over DDP ranks.
+"""Few-shot episode evaluation (SMKD protocol, docs/methods/smkd.md §1.4), sharded over DDP ranks.
 
 Features are extracted once per evaluation: each rank embeds a strided shard of the dataset and the
 shards are all-gathered back into dataset order, so every rank holds the same (N, D) matrix. Episodes

@@ -1,7 +1,7 @@
 """Few-shot class-incremental (FSCIL) session runner: prototype classifier over frozen features.
 
 Method-agnostic: only ``method.features`` is used (backbone frozen, train-only modules unused), as
-in CEC's prototype baseline and M2SD's stage 3 (methods.md §5.3-5.4). Session 0 replaces the
+in CEC's prototype baseline and M2SD's stage 3 (docs/methods/m2sd.md §5.3-5.4). Session 0 replaces the
 trained base classifier by the base-class means of the base-session training images (CEC
 convention); each incremental session t appends the means of the ``shots`` images of its new
 classes, computed from that session's images only. After session t the test images of every class

@@ -1,4 +1,4 @@
-"""CIFAR networks of the CRD/SSKD teacher-student zoo (methods.md §3.1), written for 32-px inputs:
+"""CIFAR networks of the CRD/SSKD teacher-student zoo (docs/methods/sskd.md §3.1), written for 32-px inputs:
 wide ResNets, VGG with batch norm and the bottleneck ResNet-50; the light students (MobileNetV2,
 ShuffleNetV1/V2) live in `kdray.modules.cifar_mobile` and are registered by importing this module.
 The CIFAR ResNets (resnet20/56, resnet8x4/32x4) are in `kdray.modules.cifar_resnet`.

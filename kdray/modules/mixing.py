@@ -95,7 +95,7 @@ def soft_target_ce(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- pair mixing (M2SD)
-# M2SD (methods.md §5.2) mixes each image with a partner of a *different* class, feeds the same
+# M2SD (docs/methods/m2sd.md §5.2) mixes each image with a partner of a *different* class, feeds the same
 # (i, j, lam) to a mixup and a CutMix branch, and keeps the CutMix box fully inside the image.
 def different_class_partner(labels: Tensor, scores: Tensor) -> Tensor:
     """(B,) partner index j(i) with labels[j] != labels[i], uniform among such rows.

@@ -5,7 +5,7 @@
   2x2 like the paper's 14x14 -> 7x7), CPU, a few minutes. Lighter recipe: pad-crop + flip, no
   mixing, label smoothing 0.1, 2 x 20 steps of 64 images, evaluation on 1,000 evenly spaced
   test images.
-- `imagenet` (DeiT-Ti), `imagenet_s`, `imagenet_b`: the official configs (methods.md §4.3):
+- `imagenet` (DeiT-Ti), `imagenet_s`, `imagenet_b`: the official configs (docs/methods/cskd.md §4.3):
   RegNetY-16GF teacher (timm `regnety_160.deit_in1k`, = DeiT's regnety_160-a5fe301d.pth, from the
   hub unless model.teacher_ckpt is set), 300 epochs, AdamW, cosine, 5 warm-up epochs, min lr
   1e-5, RandAugment rand-m9-mstd0.5-inc1, random erasing 0.25, mixup 0.8 / CutMix 1.0 (switch 0.5),
@@ -63,7 +63,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet_b": _imagenet("deit_base_distilled_patch16_224", 256, 2.5e-4),  # cskd_base.py
 }
 
-# ImageNet-1k top-1 (%) after 300 epochs (methods.md §4.5): DeiT without distillation (DeiT
+# ImageNet-1k top-1 (%) after 300 epochs (docs/methods/cskd.md §4.5): DeiT without distillation (DeiT
 # paper, recalled), DeiT hard distillation and CSKD (official README).
 PAPER = {"deit": {"Ti": "72.2", "S": "79.8", "B": "81.8"},
          "deit_hard": {"Ti": "74.5", "S": "81.2", "B": "83.4"},
@@ -94,7 +94,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("Cumulative Spatial KD CKF cos", "", {_M + "alpha_schedule": "cos"}),
 )
 
-# TPE over the loss weights and the fusion schedule (methods.md §6), on top of the last row;
+# TPE over the loss weights and the fusion schedule (docs/searching.md §6), on top of the last row;
 # the ranges are CSKDConfig.SEARCH's.
 SPACE = method_space("cskd", ("w_cskd", "w_distill", "alpha_schedule", "alpha_end"))
 BUDGET = {"smoke": Budget(4, 1, 2), "imagenet": Budget(16, 100, 3),

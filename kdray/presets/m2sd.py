@@ -1,4 +1,4 @@
-"""Presets of the M2SD ablation (studies/m2sd_ablation.py); methods.md §5.3-5.4.
+"""Presets of the M2SD ablation (studies/m2sd_ablation.py); docs/methods/m2sd.md §5.3-5.4.
 
 Every preset is (common, stage 1, stage 2): stage 1 is cross-entropy base training on the base
 session (data.train_split=base), run once as the study's first stage; every stage-2 row starts
@@ -75,7 +75,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("+ attention enhancement (full M2SD)", "m2sd", {}),
 )
 
-# Reference numbers (methods.md §5.5, [recalled]); M2SD's own table was not retrieved.
+# Reference numbers (docs/methods/m2sd.md §5.5, [recalled]); M2SD's own table was not retrieved.
 REFERENCE = {
     "fscil_cifar100": {"cec": "CEC Avg 59.53 / PD 23.93", "fact": "FACT Avg 62.24 / PD 22.50"},
     "fscil_mini_imagenet": {"cec": "CEC Avg 57.75 / PD 24.37", "fact": "FACT Avg 60.70 / PD 22.07"},
@@ -101,7 +101,7 @@ def columns(sessions: int) -> tuple[tuple[str, str], ...]:
                   ("novel", "val/fscil_novel"), ("HM", "val/fscil_hm"))
 
 
-# TPE over α and the loss weights (methods.md §6), on top of the full row; the ranges are
+# TPE over α and the loss weights (docs/searching.md §6), on top of the full row; the ranges are
 # M2SDConfig.SEARCH's. ASHA's grace period counts stage-2 epochs.
 SPACE = method_space("m2sd", ("alpha", "w_mix", "w_kl", "w_sd", "w_at"))
 BUDGET = {"smoke": Budget(4, 1, 2), "cifar100": Budget(24, 10, 2),

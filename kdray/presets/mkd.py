@@ -7,7 +7,7 @@
   full-MKD row 34 s (5 s a step), so ~3-4 minutes for the study on 2 cores (256 px / 2 x 4 steps
   took 416 s and 169 s on a loaded machine, hence the smaller setting).
 - `coco` (RetinaNet-R50 student) and `coco_r18` (RetinaNet-R18 student), both with a
-  RetinaNet-R101 teacher: the FGD/MGD 2x schedule MKD compares in (methods.md §2.3, [inferred]):
+  RetinaNet-R101 teacher: the FGD/MGD 2x schedule MKD compares in (docs/methods/mkd.md §2.3, [inferred]):
   COCO 2017 train, 24 epochs, SGD momentum 0.9, weight decay 1e-4, lr 0.01 for 16 images (FGD
   RetinaNet config), x0.1 at epochs 16 and 22, ~500-iteration linear warm-up, grad-clip 35,
   800 px short side (long side <= 1333), ImageNet-pretrained backbones, 8 GPUs x 2 images.
@@ -68,7 +68,7 @@ TEACHER: dict[str, dict[str, Any]] = {
     "coco_r18": {**ALONE, "model.arch": "resnet101", "model.teacher_arch": ""},
 }
 
-# COCO val2017 box AP (%) of the paper's students (methods.md §2.5; the MKD abstract).
+# COCO val2017 box AP (%) of the paper's students (docs/methods/mkd.md §2.5; the MKD abstract).
 PAPER = {"coco": {"alone": "37.4", "mkd": "41.5", "fgd": "FGD 40.7 / MGD 41.0"},
          "coco_r18": {"alone": "33.4", "mkd": "37.5"}}
 
@@ -87,6 +87,6 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("+ global loss (MKD full)", "mkd", {}),
 )
 
-# TPE over lambda, gamma, mask ratio and decoder depth (methods.md §2.2 / §6), on the last row.
+# TPE over lambda, gamma, mask ratio and decoder depth (docs/methods/mkd.md §2.2 / docs/searching.md §6), on the last row.
 SPACE = method_space("mkd", ("w_feat", "w_global", "mask_ratio", "decoder_depth"))
 BUDGET = {"smoke": Budget(4, 1, 2), "coco": Budget(12, 12, 2), "coco_r18": Budget(12, 12, 2)}

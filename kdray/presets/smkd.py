@@ -9,7 +9,7 @@ then every phase-2 row and searched trial starts from its checkpoint (`train.ini
   nothing measurable that fast): lr 1e-3 with a short warm-up, constant teacher temperature
   0.04, EMA momentum 0.98 (phase 1) / 0.95 (phase 2), no last-layer freezing; lower momenta
   collapsed in pilot runs. Two TPE samples only (raise with --num-samples).
-- `cifar_fs`, `fc100`, `mini_imagenet`: the paper / released-code settings (methods.md §1.3-1.4):
+- `cifar_fs`, `fc100`, `mini_imagenet`: the paper / released-code settings (docs/methods/smkd.md §1.3-1.4):
   ViT-S/16 at 224 px, 2 x 224 + 10 x 96 crops, masks on half the images with ratio U(0.1, 0.5),
   AdamW lr 5e-4 (not scaled), 10 warm-up epochs, min lr 1e-5, weight decay cosine 0.04 -> 0.4,
   EMA 0.996 -> 1, teacher temperature 0.04 -> 0.07 over 30 epochs, student 0.1, clip 3.0, last
@@ -85,7 +85,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "mini_imagenet": (_paper("mini_imagenet"), PAPER_PHASE1, PAPER_PHASE2),
 }
 
-# 5-way 1-shot / 5-shot prototype accuracy (%), ViT-S/16 (methods.md §1.5): SMKD (paper Tables
+# 5-way 1-shot / 5-shot prototype accuracy (%), ViT-S/16 (docs/methods/smkd.md §1.5): SMKD (paper Tables
 # 1-2 = the official README) and the phase-1 iBOT checkpoints (README).
 PAPER = {
     "cifar_fs": {"ibot": "65.70 / 83.45", "smkd": "80.08 ± 0.18 / 90.63 ± 0.13"},
@@ -110,7 +110,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("full: Eq. 3 + Eq. 5 (paper impl)", "smkd", {}),
 )
 
-# TPE over lambda_patch, the teacher temperature and the mask-ratio range (methods.md §6). Searched
+# TPE over lambda_patch, the teacher temperature and the mask-ratio range (docs/searching.md §6). Searched
 # trials are scored on the val split (model selection as in the paper); the rows report eval.split.
 # The method ranges are SMKDConfig.SEARCH's; the mask-ratio range is a data setting (no method
 # Config holds it) and eval.split a constant of every searched trial.

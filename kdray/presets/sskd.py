@@ -6,7 +6,7 @@ teacher classifier (method `ce`), T2 the teacher's SS module on the frozen teach
   teacher -> conv2 student (the kdray few-shot ConvNets) at 16 px, CPU, ~8 minutes on 2 cores:
   T1 2 x 80 steps of 128 images, T2 1 x 20 steps, rows 2 x 50 steps of 64 images x 4 views,
   evaluation on 1,000 evenly spaced test images. (At 32 px and 20 student steps every row stayed near 20% top-1.)
-- `cifar100`: the official recipe (methods.md §3.4): SGD momentum 0.9, weight decay 5e-4, batch
+- `cifar100`: the official recipe (docs/methods/sskd.md §3.4): SGD momentum 0.9, weight decay 5e-4, batch
   64 images x 4 views; T1 and S 240 epochs lr 0.05 (0.01 for MobileNet/ShuffleNet students or
   teachers) x0.1 at 150/180/210; T2 60 epochs lr 0.05 x0.1 at 30/45. Default pair WRN-40-2 ->
   WRN-16-2; any pair of the paper's table via --set model.teacher_arch=... model.arch=...
@@ -25,7 +25,7 @@ from kdray.presets import method_space
 from kdray.search import Budget
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 (methods.md §3.4, gotcha 6)
+LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 (docs/methods/sskd.md §3.4, §3.7 item 6)
 
 _SGD = {"optim.name": "sgd", "optim.momentum": 0.9, "optim.weight_decay": 5e-4,
         "optim.schedule": "step", "optim.gamma": 0.1, "optim.min_lr": 0.0}
@@ -58,7 +58,7 @@ CIFAR100: dict[str, Any] = {
     "resources.cpus_per_worker": 4,
 }
 # ImageNet ResNet-34 (timm) -> ResNet-18 (torchvision, kdray "resnet18"), torchdistill's reproduction of SSKD
-# (methods.md §3.4): weights 1 / 0.9 / 10 / 2.7, S 100 epochs lr 0.1 x0.1 at 30/60/90, wd 5e-4;
+# (docs/methods/sskd.md §3.4): weights 1 / 0.9 / 10 / 2.7, S 100 epochs lr 0.1 x0.1 at 30/60/90, wd 5e-4;
 # batch 64 x 4 views per 8 GPUs (torchdistill: 85). The teacher is a given classifier
 # checkpoint (e.g. torchvision resnet34 weights, `fc.*` mapped to the head), so T1 is skipped.
 IMAGENET: dict[str, Any] = {
@@ -93,7 +93,7 @@ def lr_for(arch: str, preset: str) -> float:
     return 0.01 if preset == "cifar100" and arch in LIGHT else base
 
 
-# CIFAR-100 top-1 (%) from the official README = paper Tables 1-2 (methods.md §3.6):
+# CIFAR-100 top-1 (%) from the official README = paper Tables 1-2 (docs/methods/sskd.md §3.6):
 # (teacher, student) -> (teacher, student CE, KD, SSKD).
 PAPER: dict[tuple[str, str], tuple[str, str, str, str]] = {
     ("wrn_40_2", "wrn_16_2"): ("76.46", "73.64", "74.92", "76.04"),
@@ -109,7 +109,7 @@ PAPER: dict[tuple[str, str], tuple[str, str, str, str]] = {
     ("wrn_40_2", "shufflenetv1"): ("76.46", "70.77", "74.83", "77.40"),
 }
 _COLUMN = {"teacher": 0, "ce": 1, "kd": 2, "sskd": 3}
-# ImageNet top-1 (%) = 100 - the paper's Table 3 top-1 error [recalled, methods.md §3.6]
+# ImageNet top-1 (%) = 100 - the paper's Table 3 top-1 error [recalled, docs/methods/sskd.md §3.6]
 PAPER[("resnet34", "resnet18")] = ("73.30", "69.75", "70.66", "71.62")
 
 
@@ -136,7 +136,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SSKD full (ratio_ss=0.75)", "sskd", {_M + "ratio_ss": 0.75}),
 )
 
-# TPE over the self-supervision knobs (methods.md §6), on top of the last row; the ranges are
+# TPE over the self-supervision knobs (docs/searching.md §6), on top of the last row; the ranges are
 # SSKDConfig.SEARCH's.
 SPACE = method_space("sskd", ("w_ss", "w_tf", "tau_ss", "ratio_ss"))
 BUDGET = {"smoke": Budget(4, 1, 2), "cifar100": Budget(16, 60, 2), "imagenet": Budget(8, 30, 2)}

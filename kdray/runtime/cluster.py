@@ -1,7 +1,7 @@
 """Offline validation of `ray up` cluster YAMLs (`kdray cluster validate FILE`).
 
-`validate_cluster_yaml` runs the checks `ray up` makes before it touches a cloud API (pitfalls.md,
-"Ray cluster launcher config"), so a broken `clusters/*.yaml` fails in CI, not after an AMI boots.
+`validate_cluster_yaml` runs the checks `ray up` makes before it touches a cloud API (docs/runtime.md
+§10.3), so a broken `clusters/*.yaml` fails in CI, not after an AMI boots.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from kdray.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
-# ray.train.report blocks until the controller polls (2 s by default; pitfalls.md P2). We report
+# ray.train.report blocks until the controller polls (2 s by default; docs/runtime.md §P2). We report
 # once per epoch, but short CPU epochs would still pay for it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
@@ -36,7 +36,7 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     """Connect to `address`, or start a local instance in-process. Returns True if we started it.
 
     The dashboard stays on: Train V2's placement-group cleanup needs the State API
-    (pitfalls.md P1), and `address="local"` never attaches to a stale cluster file (P7).
+    (docs/runtime.md §P1), and `address="local"` never attaches to a stale cluster file (docs/runtime.md §P7).
     """
     import ray
 

@@ -1,9 +1,9 @@
 """MLflow tracking: experiments, the study parent run and one resumable child run per trial.
 
 Only `MlflowClient` with explicit experiment/run ids: the fluent API exports and reads
-`MLFLOW_EXPERIMENT_ID` (inherited by Ray workers) and puts nested runs in experiment 0 (pitfalls
-P5, D3). Runs are found again by tags so restarts append to them (D4): a study parent by
-`kdray.study`, a trial by `kdray.run_key` under its parent. Only rank 0 logs (D1); other ranks
+`MLFLOW_EXPERIMENT_ID` (inherited by Ray workers) and puts nested runs in experiment 0 (docs/runtime.md
+§P5, §D.3). Runs are found again by tags so restarts append to them (docs/runtime.md §D.4): a study parent by
+`kdray.study`, a trial by `kdray.run_key` under its parent. Only rank 0 logs (docs/runtime.md §D.1); other ranks
 get a `TrialTracker(..., enabled=False)`, whose methods do nothing.
 """
 

@@ -50,7 +50,7 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
     import ray
     from ray import tune
 
-    trial_res: dict[str, float] = {"cpu": 0, "memory": 256 * 1024**2}  # pitfalls.md P3
+    trial_res: dict[str, float] = {"cpu": 0, "memory": 256 * 1024**2}  # docs/runtime.md §P3
     if ray.cluster_resources().get(TRIAL_SLOT, 0) > 0:
         trial_res = {"cpu": 0, TRIAL_SLOT: 1}
     trainable = tune.with_resources(_trainable(study, phase, storage_path, tracking), trial_res)

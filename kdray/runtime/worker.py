@@ -129,7 +129,7 @@ class _Reporter:
 
     def report_finished(self, resume: dict[str, Any]) -> dict[str, Any]:
         """The run had finished, but its last report was not consumed before the interruption
-        (pitfalls P10): record the end and report the final metrics again, on every rank."""
+        (docs/runtime.md §P10): record the end and report the final metrics again, on every rank."""
         if self.rank == 0:
             save_checkpoint(resume, self.ckpt_dir)
             self.finish()

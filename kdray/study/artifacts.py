@@ -85,7 +85,7 @@ def summarize_episodes(records: Mapping[str, list[dict]] | Iterable[dict]) -> di
     """Per (way, shot, classifier): mean accuracy, 95% CI and episode count.
 
     The CI is 1.96 * std / sqrt(n) with the population std (ddof=0), as in the SMKD/CloserLook
-    evaluation code (methods.md §1.4).
+    evaluation code (docs/methods/smkd.md §1.4).
 
     Returns:
         `{group_key: {"way", "shot", "classifier", "mean", "ci95", "n"}}`, sorted by key.

@@ -3,7 +3,7 @@
 A CNN classifier that ends in global average pooling and one linear layer gives the same global
 logits whether the linear layer is applied before or after the pooling. Applying it at every
 position of the last feature map therefore yields dense logits P_T (B, C, h, w) whose spatial mean
-is exactly the usual output (CSKD, methods.md §4.1). `DenseTeacher` does this for
+is exactly the usual output (CSKD, docs/methods/cskd.md §4.1). `DenseTeacher` does this for
 
 - kdray `Classifier`s (a kdray ConvNet, or a timm CNN built with `num_classes=0`, plus `head`),
 - plain timm CNNs whose `get_classifier()` is an `nn.Linear` (regnety_160, resnets, ...).

@@ -1,7 +1,7 @@
 """Cumulative Spatial KD (CSKD) pieces as pure functions: the alpha schedule of cumulative
 knowledge fusion, fused dense targets, student-to-teacher grid pooling and the loss terms.
 
-Notation (methods.md §4): P_T (B, C, h, w) teacher dense logits, P_T,global (B, C) their spatial
+Notation (docs/methods/cskd.md §4): P_T (B, C, h, w) teacher dense logits, P_T,global (B, C) their spatial
 mean, P_S (B, N, C) student dense logits on an (hs, ws) patch grid.
 """
 

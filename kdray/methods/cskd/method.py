@@ -7,7 +7,7 @@ learns each position's class from the teacher (spatial knowledge without feature
 Cumulative knowledge fusion moves those targets from the local to the global teacher response
 as training goes on: Y_T = argmax_c [alpha * P_T + (1 - alpha) * P_T,global], alpha 1 -> 1/E.
 
-Terms (methods.md §4.2; paper Eq. 1-3): `base` = SoftTargetCE([CLS] logits, mixup/CutMix targets
+Terms (docs/methods/cskd.md §4.2; paper Eq. 1-3): `base` = SoftTargetCE([CLS] logits, mixup/CutMix targets
 with label smoothing); `distill` = DeiT hard distillation CE(dist-token logits, argmax P_T,global);
 `cskd` = CE(pooled patch logits, Y_T) over all teacher positions (hard) or tau^2 KL summed over
 positions / B (soft). L = w_base base + w_distill distill + w_cskd cskd, where w_distill is
@@ -60,7 +60,7 @@ class CSKDConfig:
 
     SEARCH: ClassVar[dict] = {
         "w_distill": Float(0.25, 0.75),                         # paper uses 1/2 (L = ½CE + ½distill)
-        "w_cskd": Float(0.5, 2.0),                       # methods.md §6 suggestion
+        "w_cskd": Float(0.5, 2.0),                       # docs/searching.md §6 suggestion
         "alpha_schedule": Choice(["linear", "x2", "cos"]),  # the official decay functions
         "alpha_start": Float(0.5, 1.0),
         "alpha_end": Float(0.0, 0.5),

@@ -1,5 +1,5 @@
 """M2SD's train-only feature-enhancement (FE) module: FE(x) = BiFPN(EN(φ(x))) plus a temporary
-classifier W′ (methods.md §5.1).
+classifier W′ (docs/methods/m2sd.md §5.1).
 
 - EN applies one attention block per backbone stage: multi-head self-attention over spatial
   positions (``SpatialMHSA``) or coordinate attention (``CoordAttention``, Hou et al., CVPR 2021).

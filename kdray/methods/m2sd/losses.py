@@ -1,4 +1,4 @@
-"""Pure loss functions of M2SD (methods.md §5.2): symmetric KL (the KL to a soft label is
+"""Pure loss functions of M2SD (docs/methods/m2sd.md §5.2): symmetric KL (the KL to a soft label is
 `kdray.modules.losses.kl_div`), attention transfer (Zagoruyko & Komodakis, ICLR 2017, p = 2)."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """M2SD: "Multiple Mixing Self-Distillation for Few-Shot Class-Incremental Learning" (AAAI 2024;
-no official code, no arXiv id; methods.md §5).
+no official code, no arXiv id; docs/methods/m2sd.md §5).
 
 Stage 2 of the paper (this method; stage 1 is plain `ce` base training, stage 3 the prototype
 classifier of `eval.kind=fscil`): each base-session image is paired with an image of a different
@@ -18,7 +18,7 @@ Terms (unweighted in the log; loss = Σ w_<term> term):
 - `ce`    CE(y, f(x)) on clean images (0 in the paper's total; the prototype-baseline row).
 The paper's total is mix + kl + sd + at (all weights 1).
 
-[inferred] (not in the paper, methods.md §5.2; each is a config field with this default): α = 0.5
+[inferred] (not in the paper, docs/methods/m2sd.md §5.2; each is a config field with this default): α = 0.5
 (FACT); KL temperature 1; the teacher side of `sd` and `at` (p̂, T_i) is detached; the `aux` term
 (weight 1) trains FE and W′, which the paper's total leaves unsupervised; one λ and one CutMix box
 per batch, λ recomputed from the integer box area and used by both branches so that their labels
@@ -60,7 +60,7 @@ _MIX_SALT = 0x6D32736D
 
 @dataclass(frozen=True)
 class M2SDConfig:
-    alpha: float = 0.5               # Beta(α, α) [inferred: FACT's 0.5; §6 range {0.2, 0.5, 1}]
+    alpha: float = 0.5               # Beta(α, α) [inferred: FACT's 0.5; docs/searching.md §6 range {0.2, 0.5, 1}]
     mixup: bool = True               # branch I
     cutmix: bool = True              # branch II
     w_mix: float = 1.0               # L_ce^v (paper: 1)
@@ -77,7 +77,7 @@ class M2SDConfig:
     ca_reduction: int = 32           # coordinate attention (Hou et al.), min 8 channels
     fe_channels: int = 64            # BiFPN width [inferred]
 
-    SEARCH: ClassVar[dict] = {       # methods.md §6: α ∈ {0.2, 0.5, 1}, weights ∈ [0.1, 10]
+    SEARCH: ClassVar[dict] = {       # docs/searching.md §6: α ∈ {0.2, 0.5, 1}, weights ∈ [0.1, 10]
         "alpha": Choice([0.2, 0.5, 1.0]),
         "w_mix": Float(0.1, 10.0, log=True), "w_kl": Float(0.1, 10.0, log=True),
         "w_sd": Float(0.1, 10.0, log=True), "w_at": Float(0.1, 10.0, log=True),

@@ -1,4 +1,4 @@
-"""MKD adaptive decoder (train-only; methods.md §2.1): student FPN levels -> teacher-like features.
+"""MKD adaptive decoder (train-only; docs/methods/mkd.md §2.1): student FPN levels -> teacher-like features.
 
 For each FPN level i (stride s_i, grid stride 32, p = 32 / s_i):
 
@@ -12,7 +12,7 @@ For each FPN level i (stride s_i, grid stride 32, p = 32 / s_i):
 5. SRM_i (spatial recovery): a linear layer to p^2 * C_T channels and a pixel shuffle back to the
    level's (H_i, W_i) for finer levels; a linear to C_T and average pooling by 1/p for coarser ones.
 
-[inferred] (config fields with these defaults; nothing in methods.md fixes them): width `dim` = 256,
+[inferred] (config fields with these defaults; nothing in docs/methods/mkd.md §2 fixes them): width `dim` = 256,
 `depth` = 2, `heads` = 8, `mlp_ratio` = 4, `pos_embed` = "sincos" (fixed 2-D sin-cos; "learned"
 is a table on `learned_grid` bilinearly resized to the actual grid; "none"), `shared_layers` = True
 (one Transformer for every level, run on the levels as separate sequences: SAM exists to bring
@@ -119,7 +119,7 @@ class AdaptiveDecoder(nn.Module):
         in_channels: student FPN channels C_S.
         out_channels: teacher FPN channels C_T (256 for mmdet/torchvision FPNs).
         dim: decoder width [inferred, 256].
-        depth: Transformer layers [inferred, 2; methods.md suggests searching {1, 2, 4}].
+        depth: Transformer layers [inferred, 2; docs/methods/mkd.md §2 suggests searching {1, 2, 4}].
         heads: attention heads [inferred, 8].
         mlp_ratio: FFN hidden width / dim [inferred, 4].
         pos_embed: "sincos" | "learned" | "none" [inferred, "sincos"].

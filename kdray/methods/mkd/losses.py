@@ -1,4 +1,4 @@
-"""MKD losses (methods.md §2.2): masked feature regression L_feat and the FGD global loss.
+"""MKD losses (docs/methods/mkd.md §2.2): masked feature regression L_feat and the FGD global loss.
 
 - L_feat = sum_i 1/(2 N_i) ||norm(F_T,i) - norm(F_hat_S,i)||^2, N_i = C_i H_i W_i, summed over all
   positions as in the paper's formula and averaged over the batch [inferred: the formula is per

@@ -1,6 +1,6 @@
 """MKD input masking: a random mask on the stride-32 grid and masked convolution by hooks.
 
-"Masked Autoencoders Are Stronger Knowledge Distillers" (Lao et al., ICCV 2023; methods.md §2.1):
+"Masked Autoencoders Are Stronger Knowledge Distillers" (Lao et al., ICCV 2023; docs/methods/mkd.md §2.1):
 the student sees an image whose H/32 x W/32 grid cells are randomly masked; the mask is upsampled
 (nearest) to every backbone resolution and multiplies the input of every convolution, so masked
 regions stay empty instead of being filled in from visible neighbours.
@@ -103,7 +103,7 @@ class MaskedConvHooks:
 
     Plain BatchNorm in train mode still averages over the (empty) masked positions; convert the
     module with `convert_visible_bn` *before* building the hooks to compute BN statistics over
-    visible positions only (methods.md §2.6 item 1 says "ideally"; [inferred] option for the
+    visible positions only (docs/methods/mkd.md §2.6 item 1 says "ideally"; [inferred] option for the
     method config, suggested default off = the paper's plain masked convolution).
     """
 

@@ -1,13 +1,13 @@
 """MKD: "Masked Autoencoders Are Stronger Knowledge Distillers" (Lao et al., ICCV 2023).
 
 A frozen teacher detector (FPN) sees the clean image; the student detector sees it with random
-stride-32 grid cells masked (masked convolution in every conv of its backbone body, methods.md
-§2.1). An adaptive decoder (train-only) regresses the student's FPN levels onto the teacher's:
+stride-32 grid cells masked (masked convolution in every conv of its backbone body,
+docs/methods/mkd.md §2.1). An adaptive decoder (train-only) regresses the student's FPN levels onto the teacher's:
 L_feat = sum_i 1/(2 N_i) ||norm F_T,i - F_hat_S,i||^2, plus FGD's GcBlock global loss L_global.
-L = L_task + w_feat L_feat + w_global L_global (methods.md §2.2), logged as "task", "feat",
+L = L_task + w_feat L_feat + w_global L_global (docs/methods/mkd.md §2.2), logged as "task", "feat",
 "global". The task loss is the torchvision detector's loss dict summed, computed on the masked
 forward (task_on="masked") or on an extra unmasked forward (task_on="unmasked", default: the safer
-design methods.md §2.3 suggests; the paper does not say).
+design docs/methods/mkd.md §2.3 suggests; the paper does not say).
 
 Variants through the config: mask_ratio=0 and decoder_depth=0 is FGD-style feature MSE through
 a 1x1 align conv only; w_feat = w_global = 0 trains the detector alone (no teacher is built).
@@ -57,7 +57,7 @@ class MKDConfig:
     fpn_channels: int = 256          # student FPN width (torchvision / mmdetection: 256)
     teacher_fpn_channels: int = 256  # teacher FPN width
 
-    SEARCH: ClassVar[dict] = {       # methods.md §2.2 / §6 suggestions
+    SEARCH: ClassVar[dict] = {       # docs/methods/mkd.md §2.2 / docs/searching.md §6 suggestions
         "w_feat": Float(0.1, 10.0, log=True),
         "w_global": Float(1e-7, 1e-4, log=True),
         "mask_ratio": Choice([0.25, 0.5, 0.65, 0.75]),

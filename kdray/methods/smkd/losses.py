@@ -121,7 +121,7 @@ def patch_loss_paper(t_probs: Tensor, s_logp: Tensor, t_feat: Tensor, s_feat: Te
 
 def patch_loss_official(t_probs: Tensor, s_logp: Tensor, t_feat: Tensor, s_feat: Tensor,
                         labels: Tensor, t_attn: Tensor | None) -> Tensor:
-    """The patch term as computed by the released SMKD code (`SMKDLoss`, see methods.md §1.2).
+    """The patch term as computed by the released SMKD code (`SMKDLoss`, see docs/methods/smkd.md §1.2).
 
     For student view s, teacher view t != s and each label group g (batch indices with one
     label, ascending; g_0 its first image) and each teacher image i of the group:

@@ -17,7 +17,7 @@ teacher outputs centred, temperature `teacher_temp` after a warm-up, student `st
          w_k uniform (`wk_mode="uniform"`) or the teacher's [CLS] attention (`"attention"`).
 Total: w_cls * cls + w_patch * patch + w_mim * mim (phase defaults: ssl 1/0/1, supervised 1/1/0).
 
-Deviations of the released code from the paper (methods.md §1.2); defaults follow the paper,
+Deviations of the released code from the paper (docs/methods/smkd.md §1.2); defaults follow the paper,
 `patch_impl="official"` and `cls_impl="official"` reproduce the code:
 1. patch match score = product of per-patch feature sums (an einsum with mismatched channel
    letters), not a cosine; 2. matched student patches are read from the first image of each class
@@ -72,7 +72,7 @@ class SMKDConfig:
     w_cls: float = 1.0                   # lambda1, main_smkd.py default
     w_patch: float | None = None         # lambda2; None -> phase default (ssl 0, supervised 1)
     w_mim: float | None = None           # lambda3; None -> phase default (ssl 1, supervised 0)
-    patch_impl: str = "paper"            # paper | official (methods.md §1.2, items 1-3)
+    patch_impl: str = "paper"            # paper | official (docs/methods/smkd.md §1.2, items 1-3)
     cls_impl: str = "paper"              # paper | official (item 4: no same-image global pairs)
     wk_mode: str = "uniform"             # uniform | attention (code `--weighted_pool`, default off)
     teacher_temp: float = 0.07           # main_smkd.py defaults

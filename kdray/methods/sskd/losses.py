@@ -1,4 +1,4 @@
-"""SSKD pieces (methods.md §3): the transformed views, the rotated-vs-normal similarity matrix,
+"""SSKD pieces (docs/methods/sskd.md §3): the transformed views, the rotated-vs-normal similarity matrix,
 the teacher's contrastive objective, per-sample ranks, and selective transfer (the row-averaged KL is
 `kdray.modules.losses.kl_div(..., reduction="masked")`).
 

@@ -8,7 +8,7 @@ mimics, and the student also mimics the teacher's class probabilities on the tra
 Teacher and student SS modules are trained first on the frozen teacher (stage T2,
 `kdray.methods.sskd.teacher`), the teacher classifier before that (stage T1, method `ce`).
 
-Loss (methods.md §3.3; paper Eq. 5-8): L = w_ce CE(s(x), y) + w_kd tau_kd^2 KL(t(x) || s(x))
+Loss (docs/methods/sskd.md §3.3; paper Eq. 5-8): L = w_ce CE(s(x), y) + w_kd tau_kd^2 KL(t(x) || s(x))
 + w_ss tau_ss^2 KL(B_t || B_s) + w_tf tau_tf^2 KL(t(x~) || s(x~)); w_ce..w_tf are the paper's
 lambda1..lambda4. CE and KD use the normal view only; L_T and L_ss are averaged over the rows kept
 by selective transfer: rows the teacher gets right (rank 0: true class for L_T, own source image
@@ -71,7 +71,7 @@ class SSKDConfig:
     teacher_eval_items: int = 1000  # evenly spaced eval images for the preflight measurement
     require_card: bool = False   # refuse teachers without a registry card
 
-    # methods.md §6; transforms is not searched: the teacher's SS head must match it (T2 stage)
+    # docs/searching.md §6; transforms is not searched: the teacher's SS head must match it (T2 stage)
     SEARCH: ClassVar[dict] = {
         "w_ss": Float(1.0, 20.0), "w_tf": Float(0.5, 5.0), "w_kd": Float(0.1, 2.0),
         "tau_ss": Float(0.1, 1.0), "tau_kd": Float(1.0, 8.0), "tau_tf": Float(1.0, 8.0),

@@ -1,4 +1,4 @@
-"""SSKD stage T2: train the teacher's SS module on its frozen backbone (methods.md §3.2, §3.4).
+"""SSKD stage T2: train the teacher's SS module on its frozen backbone (docs/methods/sskd.md §3.2, §3.4).
 
 The teacher classifier (stage T1, method `ce`) is loaded from model.teacher_ckpt, frozen and kept
 in eval mode; only the 2-layer MLP trains, on the contrastive task "which normal image of the batch
