@@ -46,6 +46,7 @@ from kdray.methods.m2sd.enhance import FeatureEnhancer
 from kdray.methods.m2sd.losses import at_loss, soft_label_kl, symmetric_kl
 from kdray.modules import mixing
 from kdray.modules.backbones import build_backbone
+from kdray.modules.health import teacher_health
 from kdray.modules.losses import term_weights, weighted_sum
 from kdray.modules.teachers import load_strict
 from kdray.registry import register_method
@@ -191,10 +192,12 @@ class M2SD(Method):
             terms["mix"] = sum(mixing.soft_target_ce(z, target) for z in logits[1:])
             if len(logits) == 3 and m.w_kl > 0:
                 terms["kl"] = symmetric_kl(logits[1], logits[2], m.kl_temp)
+        health = {}
         if m.enhance:
             terms.update(self._sd_terms(out, logits[0], y))
+            health = teacher_health(F.softmax(out.fe_logits.float() / m.kl_temp, dim=-1))
         return {"loss": weighted_sum(terms, term_weights(m, terms)),
-                **{k: v.detach() for k, v in terms.items()}}
+                **{k: v.detach() for k, v in terms.items()}, **health}
 
     def _sd_terms(self, out: M2SDOutput, clean_logits: Tensor, y: Tensor) -> dict[str, Tensor]:
         """`sd`, `at` and `aux` on the clean rows (stage 2-2)."""

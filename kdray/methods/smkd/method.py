@@ -50,6 +50,7 @@ from kdray.modules.backbones import build_backbone
 from kdray.modules.center import Center
 from kdray.modules.ema import ema_momentum, ema_update_, frozen_copy
 from kdray.modules.heads import IBOTHead
+from kdray.modules.health import teacher_health
 from kdray.modules.losses import weighted_sum
 from kdray.modules.multicrop import MultiCropModel, MultiCropOutput
 from kdray.modules.teachers import load_strict
@@ -97,9 +98,7 @@ class SMKDConfig:
         "ema_momentum": Float(0.99, 0.9995),     # DINO/iBOT range
     }
 
-    # Fields whose defaults follow `phase`: a new phase re-derives them unless they are set in
-    # the same override (kdray.config.ExperimentConfig.override), so a config always holds the
-    # numbers it trains with (no None reaches config.json or the MLflow params).
+    # Defaults that follow `phase` (re-derived on a phase override; see ExperimentConfig.override)
     DERIVED: ClassVar[dict[str, tuple[str, ...]]] = {"phase": ("w_patch", "w_mim")}
 
     def __post_init__(self) -> None:
@@ -208,7 +207,8 @@ class SMKD(Method):
         out.update(self._patch_terms(s, t, batch, labels, temp))
         self._pending = (t.cls.detach(), None if t.patch is None else t.patch.mean(1).detach())
         loss = weighted_sum(out, {"cls": self.w_cls, "patch": self.w_patch, "mim": self.w_mim})
-        return {"loss": loss, **{k: v.detach() for k, v in out.items()}}
+        health = teacher_health(F.softmax(self.cls_center(t.cls.float()) / temp, dim=-1))
+        return {"loss": loss, **{k: v.detach() for k, v in out.items()}, **health}
 
     def _cls_term(self, s: MultiCropOutput, t: MultiCropOutput, labels: Tensor, temp: float,
                   supervised: bool) -> Tensor:
