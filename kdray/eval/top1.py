@@ -33,7 +33,8 @@ def _batch_sums(logits: Tensor, y: Tensor) -> Tensor:
 
 
 class Top1Evaluator:
-    """Metrics ``val/top1``, ``val/top5`` (when the method has >= 5 classes) and ``val/loss``."""
+    """Metrics ``<split>/top1``, ``<split>/top5`` (when the method has >= 5 classes) and
+    ``<split>/loss``, ``<split>`` = cfg.eval.split ("val" or "test")."""
 
     def __init__(self, cfg: ExperimentConfig, dataset: Dataset) -> None:
         self.cfg = cfg
@@ -64,7 +65,8 @@ class Top1Evaluator:
         loss, top1, top5, n = dist.all_reduce_sum(sums).cpu().tolist()
         if n == 0:
             raise ValueError("Top1Evaluator: the evaluation dataset is empty")
-        metrics = {"val/top1": 100.0 * top1 / n, "val/loss": loss / n}
+        key = self.cfg.eval.key
+        metrics = {key("top1"): 100.0 * top1 / n, key("loss"): loss / n}
         if getattr(method, "num_classes", 0) >= 5:
-            metrics["val/top5"] = 100.0 * top5 / n
+            metrics[key("top5")] = 100.0 * top5 / n
         return EvalResult(metrics=metrics, records={})

@@ -9,15 +9,20 @@ import platform
 import subprocess
 from typing import Any
 
-from kdray.study.spec import Study
+from kdray.study.spec import BEST_LABEL, Study
 
 
 def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One table row per trial: label, seed, searched params, metric columns, run id, status."""
+    """One table row per trial: label, seed, searched params, metric columns, run id, status.
+    `metrics` holds the trial's split-free column values (from `<split>/<name>`, the split it
+    evaluated: test for rows, val for searched trials), `split` that split."""
     rows = []
     for t in trials:
-        m = t.get("metrics") or {}
-        rows.append({"label": t.get("label") or t["name"], "seed": t.get("seed"),
+        raw = t.get("metrics") or {}
+        split = ((t.get("config") or {}).get("eval") or {}).get("split", study.base.eval.split)
+        m = {**{k.split("/", 1)[1]: v for k, v in raw.items() if k.startswith(f"{split}/")},
+             "epoch": raw.get("epoch")}
+        rows.append({"label": t.get("label") or t["name"], "seed": t.get("seed"), "split": split,
                      "params": t.get("params", {}), "metrics": m, "run_id": t.get("run_id"),
                      "status": t.get("status"), "paper": t.get("paper", ""),
                      "epochs": m.get("epoch")})
@@ -40,13 +45,13 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     if study.description:
         lines += [study.description, ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines += ["", "| setting | seed | " + " | ".join(h for h, _ in cols)
+    lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols)
               + " | paper | epochs | status | MLflow run |",
-              "|---" * (len(cols) + 6) + "|"]
+              "|---" * (len(cols) + 7) + "|"]
     for r in rows:
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
         label = r["label"] + (f" ({params})" if params else "")
-        lines.append(f"| {label} | {r['seed']} | "
+        lines.append(f"| {label} | {r['seed']} | {r.get('split', '–')} | "
                      + " | ".join(fmt_ci(r["metrics"], k) for _, k in cols)
                      + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {r['status']} | "
                      f"`{r['run_id'] or '–'}` |")
@@ -64,7 +69,7 @@ def seed_summary(rows: list[dict[str, Any]], cols: list[tuple[str, str]]) -> lis
     each ablation row, when some row has two or more; empty otherwise."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if not r["params"] and r["status"] == "finished":
+        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
             groups.setdefault(r["label"], []).append(r)
     if max((len(g) for g in groups.values()), default=0) < 2:
         return []
