@@ -363,7 +363,7 @@ def test_smoke_cifar10_run_reports_every_ablation_row(cifar_root, tmp_path):
         res = train(cfg)
         rows.append({"label": t["label"], "seed": 0, "params": t["params"], "metrics": res.metrics,
                      "run_id": None, "status": "finished", "paper": t["paper"], "epochs": 1})
-        assert 0.0 <= res.metrics["val/top1"] <= 100.0 and math.isfinite(res.metrics["train/loss"])
+        assert 0.0 <= res.metrics["test/top1"] <= 100.0 and math.isfinite(res.metrics["train/loss"])
         assert ("train/cskd" in res.metrics) == (cfg.method_cfg.w_cskd > 0)
     text = write_results_md(study, rows, str(tmp_path / "cskd_ablation_smoke.md"), header={})
     for label, _, _ in load_study("cskd_ablation").P.ROWS:
