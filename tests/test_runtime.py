@@ -193,8 +193,10 @@ def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
                   rows=(Row("ce", {"method": "ce"}), Row("kd", {})),
                   space={"method_cfg.tau": Float(1.0, 8.0)})
     cfgs = study.validate()
-    assert [c.method for c in cfgs] == ["ce", "kd", "kd", "kd"]
+    assert [c.method for c in cfgs] == ["ce", "kd", "kd", "kd", "kd", "kd"]
     assert {c.method_cfg.tau for c in cfgs[2:]} == {1.0, 8.0}
+    # the space's corners on val (searched trials) and on the rows' split (the val-selected best)
+    assert [c.eval.split for c in cfgs[2:]] == ["val", "val", "test", "test"]
     bad = Study(name="v", base=base, metric="m", rows=study.rows,
                 space={"method_cfg.taux": Float(1.0, 8.0)})
     with pytest.raises(ConfigError, match="taux"):
