@@ -44,9 +44,10 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
 
 
 def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_samples: int,
-               scheduler: bool, storage_path: str, tracking: dict, resume: bool) -> list[dict]:
+               scheduler: bool, storage_path: str, tracking: dict, resume: bool,
+               searcher=None) -> list[dict]:
     """One Tuner over `param_space` (the grid of rows x seeds, or the searched space); returns
-    one dict per trial, in row order."""
+    one dict per trial, in row order. `searcher`: the OptunaSearch to use (search="optuna")."""
     import ray
     from ray import tune
 
@@ -66,17 +67,28 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         log.info("restoring %s", path)
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
+    elif num_samples < 1:
+        log.info("%s: no samples left to run", path)
+        return []
     else:
         run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1)
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
-                           tune_config=_tune_config(study, search, num_samples, scheduler, index))
-    out = [_trial_record(study, phase, res, index) for res in tuner.fit()]
+                           tune_config=_tune_config(study, search, num_samples, scheduler, index,
+                                                    searcher))
+    grid = tuner.fit()
+    out = [_trial_record(study, phase, res, index) for res in grid]
+    if scheduler:  # per-epoch metric, for the search report's ASHA rung table
+        from kdray.runtime.search_report import epoch_history
+
+        for rec, res in zip(out, grid):
+            rec["history"] = epoch_history(res, study.metric)
     order = {r.label: i for i, r in enumerate(study.rows)}
     return sorted(out, key=lambda t: (order.get(t["label"], len(order)), str(t["seed"]), t["name"]))
 
 
-def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, index):
+def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, index,
+                 searcher=None):
     """TuneConfig: Optuna TPE (or none), ASHA on epochs (or none), as many concurrent trials as
     the cluster's CPUs/GPUs fit, trial names from the row, sample index and seed."""
     from ray import tune
@@ -88,7 +100,7 @@ def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, i
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=study.search_seed)
+        search_alg = searcher if searcher is not None else OptunaSearch(seed=study.search_seed)
     sched = None
     if scheduler:
         sched = ASHAScheduler(time_attr="epoch", max_t=study.base.train.epochs,
@@ -140,11 +152,12 @@ def mark_failed_runs(client, run_ids: list[str]) -> None:
 def run_study(study: Study, *, address: str | None = None, storage_path: str | None = None,
               tracking_uri: str | None = None, experiment: str | None = None,
               resume: bool = False, results_dir: str = "results", header: dict | None = None,
-              search_row: str | None = None) -> StudyResult:
+              search_row: str | None = None, optuna_storage: str | None = None) -> StudyResult:
     """Run the study's ablation grid (rows x seeds) and then its search (if it has a space).
 
     Every config is validated and its data and checkpoints are checked before Ray starts.
     `search_row` names the row whose overrides the search starts from (default: the last row).
+    `optuna_storage`: where the search's Optuna study is kept (kdray.runtime.search_report).
     """
     import mlflow
 
@@ -161,6 +174,18 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     parent = start_study_run(uri, exp_id, study.name, params=study.base.flatten(),
                              tags={"kdray.metric": study.metric}, resume=resume)
     tracking = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
+    osetup = None  # the search's OptunaSearch on its stored study, opened before any trial runs
+    if study.space and study.search == "optuna":
+        from ray import tune
+
+        from kdray.runtime import search_report as sr
+
+        osetup = sr.optuna_search(
+            study.name, metric=study.metric, mode=study.mode, seed=study.search_seed,
+            num_samples=study.num_samples, resume=resume,
+            storage_url=sr.optuna_storage_url(uri, optuna_storage),
+            tune_restores=resume and tune.Tuner.can_restore(
+                os.path.join(storage_path, f"{study.name}-search")))
     ensure_ray(address)
     t0 = time.time()
     trials: list[dict] = []
@@ -170,15 +195,32 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
             space[ROW_KEY] = _grid([r.label for r in study.rows])
         trials += _run_phase(study, "grid", space, search="grid", num_samples=1, scheduler=False,
                              storage_path=storage_path, tracking=tracking, resume=resume)
+    searched: list[dict] = []
     if study.space:
         sstudy = replace(study, base=study.search_base(search_row))
         space = {k: to_tune(d) for k, d in study.space.items()}
-        trials += _run_phase(sstudy, "search", space, search=study.search,
-                             num_samples=study.num_samples, scheduler=study.scheduler == "asha",
-                             storage_path=storage_path, tracking=tracking, resume=resume)
+        searched = _run_phase(sstudy, "search", space, search=study.search,
+                              num_samples=osetup.num_samples if osetup else study.num_samples,
+                              scheduler=study.scheduler == "asha", storage_path=storage_path,
+                              tracking=tracking, resume=resume,
+                              searcher=osetup.searcher if osetup else None)
+        trials += searched
     ids = runs_by_key(client, exp_id, [t["run_key"] for t in trials])
     for t in trials:
         t["run_id"] = ids.get(t["run_key"])
+    if study.space:
+        from kdray.runtime import search_report as sr
+
+        try:
+            out = sr.log_search_report(
+                client, parent, searched, results_dir, study_name=study.name,
+                metric=sstudy.metric, mode=sstudy.mode, space=space,
+                grace_period=study.grace_period, reduction_factor=study.reduction_factor,
+                max_epochs=sstudy.base.train.epochs,
+                storage_url=osetup.storage_url if osetup else None)
+            header = {**(header or {}), "search report": f"`{out}/` (MLflow: `search/`)"}
+        except Exception:  # a figure must not cost the study its results table
+            log.exception("search report failed")
     mark_failed_runs(client, [t["run_id"] for t in trials
                               if t["status"] == "error" and t["run_id"]])
     info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
