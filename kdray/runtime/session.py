@@ -66,7 +66,7 @@ def _pin_local_address() -> None:
     Train V2's detached PlacementGroupCleaner asks the State API with no address; with several
     Ray instances on the machine (two studies, or other users) it fails with "Found multiple
     active Ray instances", leaked placement groups are never removed after ASHA stops a trial,
-    and the next trial's workers wait forever (pitfalls.md P1). `address="local"` itself ignores
+    and the next trial's workers wait forever (docs/runtime.md §P1). `address="local"` itself ignores
     RAY_ADDRESS.
     """
     import socket
