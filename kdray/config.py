@@ -46,6 +46,11 @@ class DataConfig:
     mask_ratio: tuple[float, float] = (0.1, 0.5)  # per-image masked share ~ U(low, high)
     class_aware: int = 0             # m images per class in every batch; 0 = plain random sampler
     train_split: str = "train"
+    # datasets without a val split (cifar10, cifar100, fscil_*) get one carved from train: a fixed,
+    # class-stratified HOLDOUT_FRACTION of each class (kdray.data.base.holdout_rows). true: `train`
+    # (and an FSCIL `base`) leave those images out; required to evaluate on that carved `val`.
+    # Searched trials set it (kdray.study.Study.search_base).
+    holdout_val: bool = False
     synthetic_classes: int = 100     # synthetic_fs only
     synthetic_per_class: int = 60    # synthetic_fs only
     rand_augment: str = "rand-m9-mstd0.5-inc1"  # deit only: timm RandAugment spec ("" = off)
@@ -152,6 +157,10 @@ class EvalConfig:
     seed: int = 0                    # episode ids depend only on this: same episodes for every trial
     batch_size: int = 256
     max_items: int = 0               # top1: 0 = the whole split; > 0 = that many evenly spaced items
+
+    def key(self, name: str) -> str:
+        """A metric's reported name: prefixed by the split it is computed on ("test/top1")."""
+        return f"{self.split}/{name}"
 
     def __post_init__(self) -> None:
         check_choice("eval.kind", self.kind, ("fewshot", "top1", "fscil", "coco", "none"))

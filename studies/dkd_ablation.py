@@ -9,18 +9,17 @@ TPE search (ASHA) over alpha (w_tckd), beta (w_nckd) and T. Writes results/dkd_a
 from kdray.presets import dkd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study
+from kdray.study import Study, split_note
 
 
 def build(preset: str) -> Study:
     return Study.from_preset(
         "dkd_ablation", preset, method="dkd", overrides=P.PRESETS[preset], rows=P.ROWS,
         paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
-        budget=P.BUDGET[preset], metric="val/top1",
-        columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
-        description="DKD (frozen CNN teacher -> CNN student): CE, KD and the decoupled terms, "
-                    "then a TPE search. Paper column: CIFAR-100 top-1 of the same pair "
-                    "(docs/methods/dkd.md §3).")
+        budget=P.BUDGET[preset], metric="top1", columns=(("top-1", "top1"), ("top-5", "top5")),
+        description=lambda base: "DKD (frozen CNN teacher -> CNN student): CE, KD and the "
+                    "decoupled terms, then a TPE search. " + split_note(base) + " Paper column: "
+                    "CIFAR-100 top-1 of the same pair (docs/methods/dkd.md §3).")
 
 
 def with_teacher(study: Study, args) -> Study:
@@ -31,7 +30,7 @@ def with_teacher(study: Study, args) -> Study:
     cfg = study.base.override({**P.TEACHER[args.preset], "model.arch": arch,
                                "model.teacher_arch": "", "name": f"{study.name}-teacher"})
     stage = study_stage(study, args, cfg, f"teacher-{arch}")
-    acc = stage.metrics.get("val/top1", float("nan"))
+    acc = stage.metrics.get(cfg.eval.key("top1"), float("nan"))
     print(f"[kdray] teacher {arch}: top-1 {acc:.2f}% ({stage.checkpoint})")
     return study.starting_from("model.teacher_ckpt", stage.checkpoint,
                                f"Teacher {arch}: top-1 {acc:.2f}%.")

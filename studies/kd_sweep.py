@@ -7,7 +7,7 @@ from kdray.presets import method_space
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
 from kdray.search import Budget
-from kdray.study import Study
+from kdray.study import Study, split_note
 
 PRESETS = {
     "smoke": {"data.dataset": "synthetic_fs", "data.image_size": 32, "data.batch_size": 64,
@@ -26,10 +26,11 @@ def build(preset: str) -> Study:
         "kd_sweep", preset, method="kd", overrides=PRESETS[preset], config_name="kd_sweep",
         rows=(("CE student", "", {"method": "ce"}), ("KD tau=4", "", {})),
         space=method_space("kd", ("tau", "w_kd")), budget=Budget(4, 1),
-        metric=lambda base: "val/acc_5w1s" if base.eval.kind == "fewshot" else "val/top1",
-        columns=lambda base: (("5w1s", "val/acc_5w1s"), ("5w5s", "val/acc_5w5s"))
-        if base.eval.kind == "fewshot" else (("top-1", "val/top1"),),
-        description="Hinton KD (tau, w_kd searched) against the CE-trained student.")
+        metric=lambda base: "acc_5w1s" if base.eval.kind == "fewshot" else "top1",
+        columns=lambda base: (("5w1s", "acc_5w1s"), ("5w5s", "acc_5w5s"))
+        if base.eval.kind == "fewshot" else (("top-1", "top1"),),
+        description=lambda base: "Hinton KD (tau, w_kd searched) against the CE-trained student. "
+                                 + split_note(base))
 
 
 def with_teacher(study: Study, args) -> Study:

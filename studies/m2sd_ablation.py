@@ -13,7 +13,7 @@ from kdray.data.fscil import protocol_for
 from kdray.presets import m2sd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study
+from kdray.study import Study, split_note
 
 
 def stage1_config(study: Study, preset: str) -> ExperimentConfig:
@@ -27,7 +27,7 @@ def build(preset: str) -> Study:
     return Study.from_preset(
         "m2sd_ablation", preset, method="m2sd", overrides={**common, **stage2}, rows=P.ROWS,
         paper=lambda key, base: P.paper_number(key, base.data.dataset), space=P.SPACE,
-        budget=P.BUDGET[preset], metric="val/fscil_avg",
+        budget=P.BUDGET[preset], metric="fscil_avg",
         columns=lambda base: P.columns(protocol_for(base.data).sessions), description=_describe)
 
 
@@ -38,7 +38,7 @@ def _describe(base: ExperimentConfig) -> str:
             f"training) checkpoint and trains {base.train.epochs} more epochs on the base session. "
             "Columns: top-1 (%) over all seen classes after each session (S0 = base), Avg, "
             "PD = S0 - last, and base / novel accuracy and their harmonic mean after the last "
-            f"session. References (docs/methods/m2sd.md §5.5, recalled): {refs}.")
+            f"session. {split_note(base)} References (docs/methods/m2sd.md §5.5, recalled): {refs}.")
 
 
 def with_stage1(study: Study, args) -> Study:
@@ -48,8 +48,10 @@ def with_stage1(study: Study, args) -> Study:
     cfg = stage1_config(study, args.preset)
     stage = study_stage(study, args, cfg, "stage1")
     m = stage.metrics
-    got = (f"Avg {m.get('val/fscil_avg', float('nan')):.2f}, PD {m.get('val/fscil_pd', float('nan')):.2f}"
-           f" after {cfg.train.epochs} epochs")
+    key = cfg.eval.key
+    got = (f"Avg {m.get(key('fscil_avg'), float('nan')):.2f}, PD "
+           f"{m.get(key('fscil_pd'), float('nan')):.2f} after {cfg.train.epochs} epochs "
+           f"({cfg.eval.split})")
     print(f"[kdray] stage 1 (CE base training + prototypes): {got} ({stage.checkpoint})")
     return study.starting_from("train.init_from", stage.checkpoint,
                                f"Stage-1 model with prototypes: {got}.")

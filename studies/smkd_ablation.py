@@ -11,7 +11,7 @@ from kdray.config import ExperimentConfig
 from kdray.presets import smkd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study
+from kdray.study import Study, split_note
 
 
 def phase1_config(study: Study, preset: str) -> ExperimentConfig:
@@ -24,13 +24,13 @@ def build(preset: str) -> Study:
     return Study.from_preset(
         "smkd_ablation", preset, method="smkd", overrides={**common, **phase2}, rows=P.ROWS,
         paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
-        budget=P.BUDGET[preset], metric="val/acc_5w1s",
-        columns=(("5w1s", "val/acc_5w1s"), ("5w5s", "val/acc_5w5s")),
+        budget=P.BUDGET[preset], metric="acc_5w1s",
+        columns=(("5w1s", "acc_5w1s"), ("5w5s", "acc_5w5s")),
         description=lambda base: (
             f"SMKD on {base.data.dataset}, {base.model.arch}: every row starts from one phase-1 "
             f"(iBOT) checkpoint and trains {base.train.epochs} more epochs, so 'phase 1 only' is "
             "iBOT continued for the same compute. 5-way prototype accuracy (%) ± 95% CI on "
-            f"{base.eval.episodes} {base.eval.split} episodes; searched trials are scored on val. "
+            f"{base.eval.episodes} episodes. {split_note(base)} "
             "Paper column: docs/methods/smkd.md §1.5 (1-shot / 5-shot; iBOT = the README's phase-1 model, "
             "SMKD = paper Tables 1-2, implementation unknown)."))
 
@@ -42,8 +42,10 @@ def with_phase1(study: Study, args) -> Study:
     cfg = phase1_config(study, args.preset)
     stage = study_stage(study, args, cfg, "phase1")
     m = stage.metrics
-    acc = (f"{m.get('val/acc_5w1s', float('nan')):.2f} / {m.get('val/acc_5w5s', float('nan')):.2f}"
-           f" after {cfg.train.epochs} epochs")
+    key = cfg.eval.key
+    acc = (f"{m.get(key('acc_5w1s'), float('nan')):.2f} / "
+           f"{m.get(key('acc_5w5s'), float('nan')):.2f} after {cfg.train.epochs} epochs "
+           f"({cfg.eval.split})")
     print(f"[kdray] phase 1 (iBOT): 5w1s / 5w5s {acc} ({stage.checkpoint})")
     return study.starting_from("train.init_from", stage.checkpoint,
                                f"Phase-1 stage itself: {acc}.")

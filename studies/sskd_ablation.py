@@ -21,7 +21,7 @@ from kdray.modules.teachers import write_card
 from kdray.presets import sskd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study
+from kdray.study import Study, split_note
 
 
 def build(preset: str) -> Study:
@@ -29,10 +29,11 @@ def build(preset: str) -> Study:
         "sskd_ablation", preset, method="sskd", overrides=P.PRESETS[preset], rows=P.ROWS,
         paper=lambda key, base: P.paper_number(key, base.model.teacher_arch, base.model.arch,
                                                preset),
-        space=P.SPACE, budget=P.BUDGET[preset], metric="val/top1",
-        columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
-        description="SSKD (CNN teacher -> CNN student): ablation ladder, then a TPE search. "
-                    "Paper column: CIFAR-100 top-1 of the same pair (docs/methods/sskd.md §3.6).")
+        space=P.SPACE, budget=P.BUDGET[preset], metric="top1",
+        columns=(("top-1", "top1"), ("top-5", "top5")),
+        description=lambda base: "SSKD (CNN teacher -> CNN student): ablation ladder, then a TPE "
+                    "search. " + split_note(base) + " Paper column: CIFAR-100 top-1 of the same "
+                    "pair (docs/methods/sskd.md §3.6).")
 
 
 def with_teacher(study: Study, args) -> Study:
@@ -56,7 +57,7 @@ def with_teacher(study: Study, args) -> Study:
                         "optim.lr": P.lr_for(t_arch, preset), "name": f"{study.name}-t2",
                         "method_cfg.transforms": base.method_cfg.transforms})
     r2 = study_stage(study, args, t2, f"t2-{t_arch}")
-    acc = r2.metrics.get("val/top1", float("nan"))
+    acc = r2.metrics.get(t2.eval.key("top1"), float("nan"))
     card = write_card(r2.checkpoint, arch=t_arch, dataset=base.data.dataset,
                       num_classes=_classes(base), top1=acc, eval_split=base.eval.split,
                       ss_transforms=base.method_cfg.transforms,

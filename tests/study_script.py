@@ -14,10 +14,10 @@ def build(preset: str) -> Study:
         "data.root": ROOT, "model.arch": "conv2", "data.batch_size": 32, "train.epochs": 2,
         "train.steps_per_epoch": 4, "eval.shots": "1", "eval.episodes": 20,
         "data.synthetic_classes": 30, "data.synthetic_per_class": 20})
-    return Study(name="tiny", base=base, metric="val/acc_5w1s",
+    return Study(name="tiny", base=base, metric="acc_5w1s",
                  rows=(Row("a", {}), Row("b", {"optim.lr": 3e-3}),
                        Row("oversized", {"data.batch_size": 1024}), Row("c", {"optim.lr": 1e-4})),
-                 columns=(("5w1s", "val/acc_5w1s"),), search="grid")
+                 columns=(("5w1s", "acc_5w1s"),), search="grid")
 
 
 if __name__ == "__main__":

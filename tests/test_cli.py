@@ -67,4 +67,4 @@ def test_train_no_ray_then_eval_checkpoint(tmp_path, synth_root, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path / "run")]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     # same weights, same episode ids -> the same number as the end of training
-    assert evaluated["val/acc_5w1s"] == trained["val/acc_5w1s"]
+    assert evaluated["test/acc_5w1s"] == trained["test/acc_5w1s"]

@@ -344,7 +344,7 @@ def test_deit_recipe_batches_reach_the_method(cifar_root):
 
 def test_smoke_cifar10_run_reports_every_ablation_row(cifar_root, tmp_path):
     from kdray.engine.runner import run_local, train
-    from kdray.study.table import write_results_md
+    from kdray.study.table import summarize_rows, write_results_md
 
     study = load_study("cskd_ablation").build("smoke")
     small = {"data.root": cifar_root, "train.epochs": 1, "train.steps_per_epoch": 3,
@@ -362,11 +362,14 @@ def test_smoke_cifar10_run_reports_every_ablation_row(cifar_root, tmp_path):
         cfg = study.base.override({**t["overrides"], **t["params"], **small})
         res = train(cfg)
         rows.append({"label": t["label"], "seed": 0, "params": t["params"], "metrics": res.metrics,
-                     "run_id": None, "status": "finished", "paper": t["paper"], "epochs": 1})
-        assert 0.0 <= res.metrics["val/top1"] <= 100.0 and math.isfinite(res.metrics["train/loss"])
+                     "run_id": None, "status": "finished", "paper": t["paper"],
+                     "config": cfg.to_dict()})
+        assert 0.0 <= res.metrics["test/top1"] <= 100.0 and math.isfinite(res.metrics["train/loss"])
         assert ("train/cskd" in res.metrics) == (cfg.method_cfg.w_cskd > 0)
-    text = write_results_md(study, rows, str(tmp_path / "cskd_ablation_smoke.md"), header={})
+    text = write_results_md(study, summarize_rows(study, rows),
+                            str(tmp_path / "cskd_ablation_smoke.md"), header={})
     for label, _, _ in load_study("cskd_ablation").P.ROWS:
         line = next(ln for ln in text.splitlines() if ln.startswith(f"| {label} |"))
-        assert line.split("|")[3].strip() not in ("", "–")
+        assert line.split("|")[3].strip() == "test"  # the split column, then top-1
+        assert line.split("|")[4].strip() not in ("", "–")
     assert "Ti 76.3" in text and "alpha_end=0.5" in text

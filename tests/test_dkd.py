@@ -170,4 +170,4 @@ def test_a_few_dkd_steps_on_real_cifar10(tmp_path, shared_data):
     res = run_local(cfg, str(tmp_path / "run"))
     m = res.metrics
     assert m["train/kd_warmup"] == 0.5 and m["train/tckd"] > 0 and m["train/nckd"] > 0
-    assert 0.0 <= m["val/top1"] <= 100.0
+    assert 0.0 <= m["test/top1"] <= 100.0

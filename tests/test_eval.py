@@ -201,10 +201,10 @@ def test_fewshot_evaluator_single_process() -> None:
                          feats[e.query_idx], 3)
             assert r["accuracy"] == (pred.numpy() == e.query_labels()).mean()
         s = summarize([r["accuracy"] for r in mine])
-        assert res.metrics[f"val/acc_3w{shot}s_proto"] == res.metrics[f"val/acc_3w{shot}s"]
-        assert res.metrics[f"val/acc_3w{shot}s"] == s["acc"]
-        assert res.metrics[f"val/acc_3w{shot}s_ci95"] == s["ci95"]
-        assert f"val/acc_3w{shot}s_logreg_ci95" in res.metrics
+        assert res.metrics[f"test/acc_3w{shot}s_proto"] == res.metrics[f"test/acc_3w{shot}s"]
+        assert res.metrics[f"test/acc_3w{shot}s"] == s["acc"]
+        assert res.metrics[f"test/acc_3w{shot}s_ci95"] == s["ci95"]
+        assert f"test/acc_3w{shot}s_logreg_ci95" in res.metrics
     FewShotEvaluator(_config(), data)(method, "cpu")
     assert not method.training
     method.train()
@@ -253,10 +253,10 @@ def test_top1_evaluator_by_hand() -> None:
     logits = method.logits(x)
     top1 = int((logits.argmax(1) == y).sum())
     top5 = int((logits.topk(5, dim=1).indices == y[:, None]).any(dim=1).sum())
-    assert res.metrics["val/top1"] == pytest.approx(100 * top1 / N_IMAGES, abs=1e-12)
-    assert res.metrics["val/top5"] == pytest.approx(100 * top5 / N_IMAGES, abs=1e-12)
-    assert res.metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
-    assert res.metrics["val/n_images"] == N_IMAGES
+    assert res.metrics["test/top1"] == pytest.approx(100 * top1 / N_IMAGES, abs=1e-12)
+    assert res.metrics["test/top5"] == pytest.approx(100 * top5 / N_IMAGES, abs=1e-12)
+    assert res.metrics["test/loss"] == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-6)
+    assert res.metrics["test/n_images"] == N_IMAGES
 
 
 def test_build_evaluator_kinds() -> None:
@@ -279,5 +279,29 @@ def test_ddp_equals_single_process(tmp_path: Path) -> None:
         assert got["fs_metrics"] == single["fs_metrics"]
         assert got["fs_records"] == single["fs_records"]
         top, ref = got["top_metrics"], single["top_metrics"]
-        assert (top["val/top1"], top["val/top5"]) == (ref["val/top1"], ref["val/top5"])
-        assert top["val/loss"] == pytest.approx(ref["val/loss"], rel=1e-6)
+        assert (top["test/top1"], top["test/top5"]) == (ref["test/top1"], ref["test/top5"])
+        assert top["test/loss"] == pytest.approx(ref["test/loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_every_evaluator_names_its_metrics_after_eval_split(split: str) -> None:
+    """Few-shot, top-1 and FSCIL metrics are `<eval.split>/<name>`, `_ci95` beside them; no key of
+    the other split appears (COCO: tests/test_mkd_method.py)."""
+    from dataclasses import replace
+
+    from kdray.eval.fscil import session_metrics
+
+    other = {"val": "test", "test": "val"}[split]
+    data, method = _data(), _method()
+    for kind, ev in (("fewshot", FewShotEvaluator), ("top1", Top1Evaluator)):
+        cfg = _config(kind)
+        cfg = replace(cfg, eval=replace(cfg.eval, split=split))
+        m = ev(cfg, data)(method, "cpu").metrics
+        assert m and all(k.startswith(f"{split}/") for k in m), (kind, sorted(m))
+        assert not any(k.startswith(f"{other}/") for k in m)
+    assert f"{split}/acc_3w1s_ci95" in FewShotEvaluator(
+        replace(_config(), eval=replace(_config().eval, split=split)), data)(method, "cpu").metrics
+    rec = [{"session": t, "session_acc": 50.0 + t, "base_acc": 60.0, "novel_acc": 40.0,
+            "hm": 48.0} for t in range(3)]
+    assert set(session_metrics(rec, split)) == {f"{split}/fscil_{k}" for k in (
+        "s0", "s1", "s2", "avg", "pd", "last", "base", "novel", "hm")}

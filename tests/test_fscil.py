@@ -141,8 +141,8 @@ def test_run_sessions_hand_computed():
     assert rec[1]["base_acc"] == 100.0 and rec[1]["novel_acc"] == 50.0
     assert rec[1]["hm"] == pytest.approx(2 * 100 * 50 / 150)
     m = session_metrics(rec)
-    assert m["val/fscil_avg"] == pytest.approx(87.5) and m["val/fscil_pd"] == pytest.approx(25.0)
-    assert m["val/fscil_last"] == 75.0 and m["val/fscil_s0"] == 100.0
+    assert m["test/fscil_avg"] == pytest.approx(87.5) and m["test/fscil_pd"] == pytest.approx(25.0)
+    assert m["test/fscil_last"] == 75.0 and m["test/fscil_s0"] == 100.0
 
 
 def test_session_rows_of_other_classes_rejected():

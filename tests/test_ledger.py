@@ -228,7 +228,7 @@ def test_ledger_help_and_study_tables_link_their_ledger_lines(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["ledger", "--help"])
     assert e.value.code == 0 and "--tracking-uri" in capsys.readouterr().out
-    study = Study(name="sskd_ablation_smoke", base=ExperimentConfig(), metric="val/top1",
+    study = Study(name="sskd_ablation_smoke", base=ExperimentConfig(), metric="top1",
                   rows=(Row("KD", {}),))
     text = write_results_md(study, [], str(tmp_path / "s.md"), header={})
     assert "- ledger: [results/LEDGER.md#sskd_ablation_smoke](LEDGER.md#sskd_ablation_smoke)" in text

@@ -229,6 +229,11 @@ def test_coco_evaluator_ground_truth_gives_ap_one() -> None:
     worse = _Oracle(ev.dataset, ev.indices)
     worse.queue[0] = {"boxes": worse.queue[0]["boxes"] + 40.0, "labels": worse.queue[0]["labels"]}
     assert ev(worse, "cpu").metrics["val/AP"] < 1.0
+    test_cfg = cfg.override({"eval.split": "train"})  # the prefix is the evaluated split's name
+    res = build_evaluator(test_cfg, build_eval_dataset(test_cfg))(
+        _Oracle(ev.dataset, ev.indices), "cpu")
+    assert set(res.metrics) == {f"train/{k}" for k in ("AP", "AP50", "AP75", "AP_S", "AP_M",
+                                                       "AP_L")}
 
 
 @pytest.mark.slow

@@ -61,7 +61,7 @@ def test_bad_inputs_fail_before_ray(no_ray, tmp_path, synth_root):
         fit(small_cfg(synth_root, **{"model.arch": "resnet_9000"}), tracking_uri=uri)
     with pytest.raises(ConfigError, match="init_from"):
         fit(small_cfg(synth_root, **{"train.init_from": str(tmp_path / "p1.pt")}), tracking_uri=uri)
-    study = Study(name="bad", base=small_cfg(synth_root), metric="val/acc_5w1s",
+    study = Study(name="bad", base=small_cfg(synth_root), metric="acc_5w1s",
                   rows=(Row("ok", {}), Row("typo", {"optim.lrate": 1.0})))
     with pytest.raises(ConfigError, match="lrate"):
         run_study(study, tracking_uri=uri)
@@ -86,16 +86,16 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
                  epoch_hooks=[kill_once(epoch=2, rank=1, marker=str(tmp_path / "killed"))])
     assert (tmp_path / "killed").exists(), "the fault was not injected"
     assert clean.metrics["epoch"] == faulty.metrics["epoch"] == 3
-    for k in ("train/loss", "val/acc_5w1s", "val/acc_5w1s_ci95"):
+    for k in ("train/loss", "test/acc_5w1s", "test/acc_5w1s_ci95"):
         assert faulty.metrics[k] == pytest.approx(clean.metrics[k], rel=1e-5, abs=1e-6), k
 
     client = mlflow.MlflowClient(uri)
     run = client.get_run(clean.mlflow_run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "conv2" and run.data.params["resources.num_workers"] == "2"
-    hist = client.get_metric_history(run.info.run_id, "val/acc_5w1s")
+    hist = client.get_metric_history(run.info.run_id, "test/acc_5w1s")
     assert [m.step for m in hist] == [1, 2, 3]
-    assert hist[-1].value == pytest.approx(clean.metrics["val/acc_5w1s"])
+    assert hist[-1].value == pytest.approx(clean.metrics["test/acc_5w1s"])
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3 + 3  # steps + epochs
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
     names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
@@ -104,7 +104,7 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
         assert need in names, (need, sorted(names))
     rows = pd.read_parquet(local / "eval/episodes.parquet")
     assert len(rows) == 30 and set(rows["way"]) == {5} and set(rows["shot"]) == {1}
-    assert rows["accuracy"].mean() * 100 == pytest.approx(clean.metrics["val/acc_5w1s"], rel=1e-6)
+    assert rows["accuracy"].mean() * 100 == pytest.approx(clean.metrics["test/acc_5w1s"], rel=1e-6)
     assert json.loads((local / "environment.json").read_text())["world_size"] == 2
     assert ExperimentConfig.from_dict(json.loads((local / "config.json").read_text())) == cfg
     assert (local / "plots/curves.png").read_bytes()[:4] == b"\x89PNG"
@@ -191,12 +191,14 @@ def test_study_validation_applies_the_space_to_the_search_base_only(synth_root):
     from kdray.study import Row, Study
 
     base = small_cfg(synth_root, method="kd")
-    study = Study(name="v", base=base, metric="val/acc_5w1s",
+    study = Study(name="v", base=base, metric="acc_5w1s",
                   rows=(Row("ce", {"method": "ce"}), Row("kd", {})),
                   space={"method_cfg.tau": Float(1.0, 8.0)})
     cfgs = study.validate()
-    assert [c.method for c in cfgs] == ["ce", "kd", "kd", "kd"]
+    assert [c.method for c in cfgs] == ["ce", "kd", "kd", "kd", "kd", "kd"]
     assert {c.method_cfg.tau for c in cfgs[2:]} == {1.0, 8.0}
+    # the space's corners on val (searched trials) and on the rows' split (the val-selected best)
+    assert [c.eval.split for c in cfgs[2:]] == ["val", "val", "test", "test"]
     bad = Study(name="v", base=base, metric="m", rows=study.rows,
                 space={"method_cfg.taux": Float(1.0, 8.0)})
     with pytest.raises(ConfigError, match="taux"):
@@ -210,12 +212,12 @@ def test_results_table_adds_per_setting_mean_sample_std_n_and_delta(tmp_path):
     from kdray.study import Row, Study
     from kdray.study.table import write_results_md
 
-    study = Study(name="s", base=ExperimentConfig(), metric="val/top1",
-                  rows=(Row("CE", {}, "70.0"), Row("KD", {})), columns=(("top-1", "val/top1"),))
+    study = Study(name="s", base=ExperimentConfig(), metric="top1",
+                  rows=(Row("CE", {}, "70.0"), Row("KD", {})), columns=(("top-1", "top1"),))
 
     def row(label, seed, top1, status="finished", params=None):
         return {"label": label, "seed": seed, "params": params or {}, "run_id": None,
-                "metrics": {"val/top1": top1}, "status": status, "paper": "70.0" * (label == "CE"),
+                "metrics": {"top1": top1}, "status": status, "paper": "70.0" * (label == "CE"),
                 "epochs": 1}
 
     rows = [row("CE", 0, 60.0), row("CE", 1, 62.0), row("CE", 2, 67.0),
@@ -245,7 +247,7 @@ def test_stage_reuses_a_finished_run_and_never_resumes_a_different_config(tmp_pa
         ckpt = Path(storage_path) / run_name / "checkpoint_0"
         ckpt.mkdir(parents=True)
         (ckpt / "checkpoint.pt").write_bytes(b"x")
-        return RunResult(metrics={"val/top1": 1.0}, history=[], mlflow_run_id=None,
+        return RunResult(metrics={"test/top1": 1.0}, history=[], mlflow_run_id=None,
                          checkpoint_path=str(ckpt))
 
     monkeypatch.setattr(driver, "fit", fake_fit)

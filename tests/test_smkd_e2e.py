@@ -65,7 +65,7 @@ def test_smoke_phase1_then_phase2_beats_random_backbone(tmp_path, synth_root):
     res = run_local(p2.override({"train.init_from": str(tmp_path / "phase1")}),
                     str(tmp_path / "phase2"))
     rand = random_init_accuracy(p2)
-    got = {k: res.metrics[f"val/acc_5w{k}s"] - rand[f"val/acc_5w{k}s"] for k in (1, 5)}
+    got = {k: res.metrics[f"test/acc_5w{k}s"] - rand[f"test/acc_5w{k}s"] for k in (1, 5)}
     # observed on 2 cores: random 26.9 / 27.4, phase 2 33.0 / 39.9 (margins +6.1 / +12.5;
     # the 95% CI of one mean is ~0.9 points)
     assert got[1] > 4.0 and got[5] > 8.0, (res.metrics, rand)
@@ -95,7 +95,7 @@ def test_omniglot_short_run_from_shared_data(shared_data, tmp_path):
     res = run_local(cfg, str(tmp_path / "run"))
     m = res.metrics
     assert all(torch.isfinite(torch.tensor(m[k])) for k in ("train/cls", "train/patch")), m
-    assert m["val/acc_5w1s"] > 30.0 and m["val/acc_5w5s"] > m["val/acc_5w1s"] + 4.0, m
+    assert m["test/acc_5w1s"] > 30.0 and m["test/acc_5w5s"] > m["test/acc_5w1s"] + 4.0, m
 
 
 # ---------------------------------------------------------------------------- paper presets

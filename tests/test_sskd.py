@@ -399,7 +399,7 @@ def test_smoke_study_trains_t1_t2_registers_the_teacher_and_runs_rows(tmp_path, 
                                    "method_cfg.require_card": True})
         method_preflight(cfg)
         res = train(cfg)
-        assert math.isfinite(res.metrics["train/loss"]) and 0 <= res.metrics["val/top1"] <= 100
+        assert math.isfinite(res.metrics["train/loss"]) and 0 <= res.metrics["test/top1"] <= 100
         assert ("train/ss" in res.metrics) == (label != "CE only")
 
 

@@ -95,7 +95,7 @@ def _fewshot_trial(label: str, seed: int, accs: np.ndarray) -> dict:
     recs += [{"episode_id": i, "way": 5, "shot": 1, "classifier": "logreg", "accuracy": 0.0}
              for i in range(len(accs))]  # another classifier: must not be paired
     return {"name": f"{label}-s{seed}", "label": label, "seed": seed, "params": {},
-            "metrics": {"val/acc_5w1s": 100 * float(np.mean(accs)), "epoch": 2},
+            "metrics": {"test/acc_5w1s": 100 * float(np.mean(accs)), "epoch": 2},
             "status": "finished", "run_id": f"run-{label}-{seed}", "paper": "",
             "config": {"eval": {"classifiers": ["proto", "logreg"]}}, "episodes": recs}
 
@@ -110,9 +110,9 @@ def test_fewshot_table_marks_a_planted_better_row_and_not_an_identical_one(tmp_p
     """Per-episode pairing: +5 points on every episode (with noise) is significant even with one
     seed; a row equal to the baseline up to noise of mean zero is not."""
     rng = np.random.default_rng(0)
-    study = Study(name="fs", base=ExperimentConfig(), metric="val/acc_5w1s",
+    study = Study(name="fs", base=ExperimentConfig(), metric="acc_5w1s",
                   rows=(Row("base", {}), Row("better", {}), Row("same", {})),
-                  columns=(("5w1s", "val/acc_5w1s"),))
+                  columns=(("5w1s", "acc_5w1s"),))
     trials = []
     for seed in seeds:
         base = rng.uniform(0.3, 0.7, EPISODES)
@@ -148,7 +148,7 @@ def test_episode_accuracies_pick_the_metric_classifier():
 
 def _top1_trial(label: str, seed: int, top1: float, status: str = "finished") -> dict:
     return {"name": f"{label}-s{seed}", "label": label, "seed": seed, "params": {},
-            "metrics": {"val/top1": top1, "val/n_images": 10000, "epoch": 1}, "status": status,
+            "metrics": {"test/top1": top1, "test/n_images": 10000, "epoch": 1}, "status": status,
             "run_id": None, "paper": "76.1" * (label == "CE")}
 
 
@@ -156,9 +156,9 @@ def test_top1_table_pairs_per_seed_with_the_named_baseline(tmp_path):
     """Per-seed t-interval on top-1; the Study's `baseline` names the reference row; a row with
     fewer than 3 paired seeds says so instead of printing an interval; every top-1 cell of the
     per-trial table has the Wilson interval of that single run."""
-    study = Study(name="t", base=ExperimentConfig(), metric="val/top1", baseline="CE",
+    study = Study(name="t", base=ExperimentConfig(), metric="top1", baseline="CE",
                   rows=(Row("KD", {}), Row("CE", {}, "76.1"), Row("tie", {}), Row("few", {})),
-                  columns=(("top-1", "val/top1"),))
+                  columns=(("top-1", "top1"),))
     ce = [70.0, 71.0, 69.5]
     trials = [_top1_trial("CE", s, v) for s, v in enumerate(ce)]
     trials += [_top1_trial("KD", s, v + 5 + e) for s, (v, e) in enumerate(zip(ce, [0.3, -0.2, 0.1]))]
@@ -177,9 +177,9 @@ def test_top1_table_pairs_per_seed_with_the_named_baseline(tmp_path):
     assert _summary_line(text, "few") == "| few | 2 | 90.50 ± 0.71 | +20.00 (n too small: 2 seeds) | – |"
     # Wilson, p = 0.7, n = 10000, z = 1.96: center (0.7 + z^2/2n) / (1 + z^2/n) = 0.69992,
     # half z * sqrt(0.21/n + z^2/4n^2) / (1 + z^2/n) = 0.00898 -> [69.09, 70.89]
-    assert "| CE | 0 | 70.00 [69.09, 70.89] |" in text and "Wilson interval" in text
+    assert "| CE | 0 | test | 70.00 [69.09, 70.89] |" in text and "Wilson interval" in text
     with pytest.raises(ConfigError, match="baseline"):
-        Study(name="t", base=ExperimentConfig(), metric="val/top1", baseline="nope",
+        Study(name="t", base=ExperimentConfig(), metric="top1", baseline="nope",
               rows=(Row("KD", {}),))
 
 
@@ -241,8 +241,8 @@ def test_smkd_rows_of_a_seed_start_from_the_same_student_weights():
 
 
 def test_a_study_without_rows_gets_no_delta_column(tmp_path):
-    study = Study(name="g", base=ExperimentConfig(), metric="val/top1",
-                  columns=(("top-1", "val/top1"),))
+    study = Study(name="g", base=ExperimentConfig(), metric="top1",
+                  columns=(("top-1", "top1"),))
     trials = [_top1_trial("grid", s, 60.0 + s) for s in range(3)]
     text = write_results_md(study, summarize_rows(study, trials), str(tmp_path / "g.md"), header={})
     assert "| setting | n | top-1 | paper |\n|---|---|---|---|" in text

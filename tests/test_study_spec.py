@@ -72,8 +72,8 @@ OLD_SPACES = {
             _M + "mask_ratio": Choice([0.25, 0.5, 0.65, 0.75]),
             _M + "decoder_depth": Choice([1, 2, 4])},
     "smkd": {_M + "w_patch": Float(0.0, 2.0), _M + "teacher_temp": Float(0.04, 0.07),
-             "data.mask_ratio": Choice(["0.05,0.25", "0.1,0.5", "0.25,0.65"]),
-             "eval.split": Choice(["val"])},
+             "data.mask_ratio": Choice(["0.05,0.25", "0.1,0.5", "0.25,0.65"])},  # eval.split:
+    # no longer searched: every searched trial evaluates on val (Study.search_base)
     "sskd": {_M + "w_ss": Float(1.0, 20.0), _M + "w_tf": Float(0.5, 5.0),
              _M + "tau_ss": Float(0.1, 1.0), _M + "ratio_ss": Choice([0.0, 0.25, 0.5, 0.75, 1.0])},
     "kd": {_M + "tau": Float(1.0, 8.0), _M + "w_kd": Float(0.1, 2.0)},
@@ -111,11 +111,11 @@ def test_from_preset_builds_the_hand_built_study():
     from kdray.presets import cskd, m2sd
 
     base = ExperimentConfig(method="cskd", name="cskd_ablation_smoke").override(cskd.PRESETS["smoke"])
-    old = Study(name="cskd_ablation_smoke", base=base, metric="val/top1", mode="max",
+    old = Study(name="cskd_ablation_smoke", base=base, metric="top1", mode="max",
                 rows=tuple(Row(label, over, cskd.paper_number(key, "smoke"))
                            for label, key, over in cskd.ROWS),
                 space=dict(OLD_SPACES["cskd"]), num_samples=4, grace_period=1, reduction_factor=2,
-                columns=(("top-1", "val/top1"), ("top-5", "val/top5")),
+                columns=(("top-1", "top1"), ("top-5", "top5")),
                 description=load_study("cskd_ablation").build("smoke").description)
     assert load_study("cskd_ablation").build("smoke") == old
 
@@ -123,7 +123,7 @@ def test_from_preset_builds_the_hand_built_study():
     base = ExperimentConfig(method="m2sd", name="m2sd_ablation_cifar100").override(
         {**common, **stage2})
     new = load_study("m2sd_ablation").build("cifar100")
-    assert new.base == base and new.metric == "val/fscil_avg"
+    assert new.base == base and new.metric == "fscil_avg"
     assert new.columns == m2sd.columns(protocol_for(base.data).sessions)
     assert new.rows == tuple(Row(label, over, m2sd.paper_number(key, "fscil_cifar100"))
                              for label, key, over in m2sd.ROWS)

@@ -175,6 +175,30 @@ def file_lock(folder: Path, name: str = ".kdray.lock") -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# ---------------------------------------------------------------------------- carved val
+HOLDOUT_FRACTION = 0.1   # share of each class's train images held out as the carved val split
+_HOLDOUT_SALT = 0x686F6C64
+
+
+def holdout_rows(labels: Sequence[int] | np.ndarray, candidates: Sequence[int] | None = None,
+                 fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
+    """Sorted rows of a train split held out as its carved `val` split: for each class,
+    round(fraction x n) (at least 1 when n >= 2) of its n candidate rows (default: all rows),
+    drawn by a permutation seeded by the class id only, so the same rows on every run, machine
+    and trial. Classes with fewer than two candidates keep all their rows in train."""
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    cand = np.arange(len(y)) if candidates is None else np.unique(np.asarray(candidates, np.int64))
+    out = []
+    for c in np.unique(y[cand]):
+        rows = cand[y[cand] == c]
+        if len(rows) < 2:
+            continue
+        k = min(len(rows) - 1, max(1, int(round(fraction * len(rows)))))
+        rng = np.random.default_rng(mix_seed(_HOLDOUT_SALT, int(c)))
+        out.append(rows[rng.permutation(len(rows))[:k]])
+    return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
+
+
 # ---------------------------------------------------------------------------- seeds
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64

@@ -16,7 +16,10 @@ with ``shots`` training images. Labels of every FSCIL dataset are these protocol
 as fit; each class's last ``per_class // 6`` images are its test images.
 The CEC lists ship in ``splits/fscil`` (see its PROVENANCE.md). Splits of every FSCIL dataset:
 ``base`` (training images of the base session: what stage-1/2 training sees), ``train`` (all
-training images) and ``test`` (test images of all classes). Session data: ``fscil_data(cfg)``.
+training images), ``val`` (carved from ``train``: a fixed HOLDOUT_FRACTION of each class's
+training images that no incremental session uses; see ``carved_val_rows``) and ``test`` (test
+images of all classes). With ``data.holdout_val`` the val rows leave ``train``, ``base`` and the
+base session's prototypes; evaluating on ``val`` requires it. Session data: ``fscil_data(cfg)``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from kdray.config import ConfigError
 from kdray.data import cifar, fscil_files, synthetic
-from kdray.data.base import ArrayDataset, ImageDataset, mix_seed
+from kdray.data.base import ArrayDataset, ImageDataset, holdout_rows, mix_seed
 from kdray.data.fscil_protocol import (  # noqa: F401 - re-exported
     LIST_DIR,
     PROTOCOLS,
@@ -109,7 +112,20 @@ def fscil_data(cfg: DataConfig) -> FscilData:
                 "fscil_mini_imagenet": fscil_files.build_mini_imagenet,
                 "fscil_cub200": fscil_files.build_cub200}
     protocol_for(cfg)
-    return builders[cfg.dataset](cfg)
+    data = builders[cfg.dataset](cfg)
+    if not cfg.holdout_val:
+        return data
+    keep = np.setdiff1d(data.session_rows[0], carved_val_rows(data))
+    return FscilData(data.protocol, data.train, data.test, [keep, *data.session_rows[1:]])
+
+
+def carved_val_rows(data: FscilData) -> np.ndarray:
+    """Rows of ``data.train`` forming the carved ``val`` split: `holdout_rows` over the training
+    images no incremental session uses (the few shots stay training images). Depends only on the
+    labels and the session lists, so it is the same with or without ``data.holdout_val``."""
+    novel = [np.asarray(r, dtype=np.int64) for r in data.session_rows[1:]]
+    used = np.concatenate(novel) if novel else np.zeros(0, dtype=np.int64)
+    return holdout_rows(data.train.targets, np.setdiff1d(np.arange(len(data.train)), used))
 
 
 class RowsDataset(ImageDataset):
@@ -125,12 +141,19 @@ class RowsDataset(ImageDataset):
 
 
 def build(cfg: DataConfig, split: str) -> ImageDataset:
-    """Split ``base`` | ``train`` | ``test`` of an FSCIL dataset (protocol class ids as labels)."""
+    """Split ``base`` | ``train`` | ``val`` | ``test`` of an FSCIL dataset (protocol class ids as
+    labels); with ``cfg.holdout_val`` the val rows are left out of ``base`` and ``train``."""
     data = fscil_data(cfg)
     if split == "base":
         return RowsDataset(data.train, data.session_rows[0])
-    return RowsDataset(data.train if split == "train" else data.test,
-                       np.arange(len(data.train if split == "train" else data.test)))
+    if split == "val":
+        return RowsDataset(data.train, carved_val_rows(data))
+    if split == "train":
+        rows = np.arange(len(data.train))
+        if cfg.holdout_val:
+            rows = np.setdiff1d(rows, carved_val_rows(data))
+        return RowsDataset(data.train, rows)
+    return RowsDataset(data.test, np.arange(len(data.test)))
 
 
 def locate(cfg: DataConfig, splits: Sequence[str] = SPLITS) -> None:

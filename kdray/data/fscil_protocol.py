@@ -18,7 +18,7 @@ from kdray.data.base import ImageDataset
 if TYPE_CHECKING:
     from kdray.config import DataConfig
 
-SPLITS = ("base", "train", "test")
+SPLITS = ("base", "train", "val", "test")  # val: carved from train (kdray.data.fscil)
 
 
 LIST_DIR = Path(__file__).parent / "splits" / "fscil"

@@ -5,13 +5,46 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from kdray.config import ConfigError, check_choice
 from kdray.data import cifar, fscil, imagenet, mini_imagenet, omniglot, synthetic
 from kdray.data import coco as detection_data
-from kdray.data.base import CIFAR10_STATS, CIFAR100_STATS, IMAGENET_STATS, DatasetSpec, ImageDataset
+from kdray.data.base import (
+    CIFAR10_STATS,
+    CIFAR100_STATS,
+    IMAGENET_STATS,
+    DatasetSpec,
+    ImageDataset,
+    holdout_rows,
+)
 
 if TYPE_CHECKING:
     from kdray.config import DataConfig, ExperimentConfig
+
+
+def with_carved_val(build: Callable[[DataConfig, str], ImageDataset]
+                    ) -> Callable[[DataConfig, str], ImageDataset]:
+    """A builder for a dataset without a val split that adds one carved from `train`
+    (`holdout_rows`: a fixed, class-stratified share); `train` leaves it out only with
+    data.holdout_val=true. `test` is untouched."""
+    def build_fn(cfg: DataConfig, split: str) -> ImageDataset:
+        if split not in ("train", "val"):
+            return build(cfg, split)
+        train = build(cfg, "train")
+        val = holdout_rows(train.targets)
+        if split == "val":
+            return fscil.RowsDataset(train, val)
+        if not cfg.holdout_val:
+            return train
+        return fscil.RowsDataset(train, np.setdiff1d(np.arange(len(train)), val))
+    return build_fn
+
+
+#: datasets whose `val` split is carved from `train` (no val split of their own)
+CARVED_VAL = ("cifar10", "cifar100", *(f"fscil_{n}" for n in
+                                       ("cifar100", "cifar10", "synthetic", "mini_imagenet",
+                                        "cub200")))
 
 
 def _cifar_spec(name: str, splits: tuple[str, ...], build: Callable) -> DatasetSpec:
@@ -30,8 +63,10 @@ DATASETS: dict[str, DatasetSpec] = {
         name="omniglot", splits=omniglot.SPLITS, build=omniglot.build, locate=omniglot.locate,
         num_classes=omniglot.num_classes, mean=omniglot.STATS[0], std=omniglot.STATS[1],
         native_size=omniglot.SIDE, flip=False),  # a mirrored character is another character
-    "cifar10": _cifar_spec("cifar10", ("train", "test"), cifar.build_cifar10),
-    "cifar100": _cifar_spec("cifar100", ("train", "test"), cifar.build_cifar100),
+    "cifar10": _cifar_spec("cifar10", ("train", "val", "test"),
+                           with_carved_val(cifar.build_cifar10)),
+    "cifar100": _cifar_spec("cifar100", ("train", "val", "test"),
+                            with_carved_val(cifar.build_cifar100)),
     "cifar_fs": _cifar_spec("cifar_fs", ("train", "val", "test"), cifar.build_cifar_fs),
     "fc100": _cifar_spec("fc100", ("train", "val", "test"), cifar.build_fc100),
     "mini_imagenet": DatasetSpec(
@@ -96,6 +131,9 @@ def check_data(cfg: ExperimentConfig) -> None:
     if cfg.eval.kind != "none":
         _check_split("eval.split", spec, cfg.eval.split)
         splits.append(cfg.eval.split)
+        if cfg.eval.split == "val" and d.dataset in CARVED_VAL and not d.holdout_val:
+            raise ConfigError(f"eval.split=val: the val split of {d.dataset} is carved from train; "
+                              "set data.holdout_val=true so that training leaves it out")
     world = cfg.resources.num_workers
     if d.batch_size % world:
         raise ConfigError(f"data.batch_size={d.batch_size} must be divisible by "

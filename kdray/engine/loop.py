@@ -31,7 +31,7 @@ class EpochEnd:
     """What `on_epoch_end` receives after each epoch (on every rank)."""
 
     epoch: int                       # 0-based index of the epoch just finished
-    metrics: dict[str, float]        # rank-aggregated train/* and val/* metrics, plus "epoch"
+    metrics: dict[str, float]        # rank-aggregated train/* and val/* or test/* metrics, plus "epoch"
     records: dict[str, list[dict]]   # evaluation tables (e.g. per-episode rows); {} if no eval
     is_last: bool
     make_state: Callable[[], dict[str, Any]]  # builds the checkpoint state on demand

@@ -3,8 +3,8 @@
 Each rank runs ``method.detect(images, sizes)`` on its strided shard of the (resized) eval split,
 maps the boxes back to original image pixels (divides by the resize scale) and the labels to COCO
 category ids, and `CocoBoxEvaluator` gathers every rank's detections and scores them with
-pycocotools. Metrics: ``val/AP``, ``val/AP50``, ``val/AP75``, ``val/AP_S``, ``val/AP_M``,
-``val/AP_L`` in [0, 1] (-1 where COCO has no ground truth of that size). ``eval.max_items`` > 0
+pycocotools. Metrics: ``<split>/AP``, ``<split>/AP50``, ``<split>/AP75``, ``<split>/AP_S``,
+``<split>/AP_M``, ``<split>/AP_L`` (``<split>`` = eval.split) in [0, 1] (-1 where COCO has no ground truth of that size). ``eval.max_items`` > 0
 evaluates that many evenly spaced images (smoke runs) against their ground truth only.
 """
 
@@ -66,4 +66,4 @@ class CocoEvaluator:
         finally:
             method.train(was_training)
         res = acc.compute()
-        return EvalResult(metrics={f"val/{k}": float(res[k]) for k in METRICS}, records={})
+        return EvalResult(metrics={self.cfg.eval.key(k): float(res[k]) for k in METRICS}, records={})

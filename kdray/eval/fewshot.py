@@ -196,7 +196,7 @@ class FewShotEvaluator:
             rows = self._score_shot(feats, labels.numpy(), shot)
             for k, name in enumerate(self.ecfg.classifiers):
                 stats = summarize([r["accuracy"] for r in rows[name]])
-                key = f"val/acc_{self.ecfg.ways}w{shot}s"
+                key = self.ecfg.key(f"acc_{self.ecfg.ways}w{shot}s")
                 keys = [f"{key}_{name}"] + ([key] if k == 0 else [])
                 for base in keys:
                     metrics[base], metrics[f"{base}_ci95"] = stats["acc"], stats["ci95"]

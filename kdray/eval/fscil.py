@@ -9,9 +9,10 @@ seen so far are classified by cosine similarity to the prototypes (the CEC tempe
 all logits alike, so top-1 does not depend on it). Features of all rows are extracted once with the
 evaluation transform: since the backbone is frozen, this equals extracting them per session.
 
-Metrics (percent): ``val/fscil_s<t>`` per session, ``val/fscil_avg`` (mean over all sessions,
-session 0 included), ``val/fscil_pd`` (first - last), ``val/fscil_last``, and for the last
-session ``val/fscil_base``, ``val/fscil_novel`` and their harmonic mean ``val/fscil_hm``.
+Metrics (percent), prefixed by the evaluated split (``<split>`` = eval.split, "test" or "val"):
+``<split>/fscil_s<t>`` per session, ``<split>/fscil_avg`` (mean over all sessions, session 0
+included), ``<split>/fscil_pd`` (first - last), ``<split>/fscil_last``, and for the last session
+``<split>/fscil_base``, ``<split>/fscil_novel`` and their harmonic mean ``<split>/fscil_hm``.
 Records: ``{"sessions": session_table(...)}`` (kdray.eval.fscil_table), one row per session,
 compatible with the episode-record schema (``episode_id`` = session, ``way`` = seen classes,
 ``classifier`` = "fscil_proto", ``accuracy`` in [0, 1]) plus ``session``, ``seen_classes``,
@@ -116,14 +117,14 @@ def run_sessions(protocol: Protocol, session_rows: Sequence[np.ndarray], train_f
     return records
 
 
-def session_metrics(records: Sequence[dict]) -> dict[str, float]:
-    """The ``val/fscil_*`` metrics of a list of session records."""
+def session_metrics(records: Sequence[dict], split: str = "test") -> dict[str, float]:
+    """The ``<split>/fscil_*`` metrics of a list of session records."""
     accs = [r["session_acc"] for r in records]
-    out = {f"val/fscil_s{r['session']}": r["session_acc"] for r in records}
-    out.update({f"val/fscil_{k}": v for k, v in summary_metrics(accs).items()})
+    out = {f"{split}/fscil_s{r['session']}": r["session_acc"] for r in records}
+    out.update({f"{split}/fscil_{k}": v for k, v in summary_metrics(accs).items()})
     last = records[-1]
-    out.update({"val/fscil_base": last["base_acc"], "val/fscil_novel": last["novel_acc"],
-                "val/fscil_hm": last["hm"]})
+    out.update({f"{split}/fscil_base": last["base_acc"], f"{split}/fscil_novel": last["novel_acc"],
+                f"{split}/fscil_hm": last["hm"]})
     return out
 
 
@@ -162,5 +163,5 @@ class FscilEvaluator:
         full_f[idx], full_y[idx] = tr_f, tr_y
         records = run_sessions(self.data.protocol, self.data.session_rows, full_f, full_y,
                                te_f, te_y)
-        return EvalResult(metrics=session_metrics(records),
+        return EvalResult(metrics=session_metrics(records, self.cfg.eval.split),
                           records={"sessions": session_table(records)})

@@ -33,8 +33,9 @@ def _batch_sums(logits: Tensor, y: Tensor) -> Tensor:
 
 
 class Top1Evaluator:
-    """Metrics ``val/top1``, ``val/top5`` (when the method has >= 5 classes), ``val/loss`` and
-    ``val/n_images`` (the images scored: the study table's binomial interval of one run)."""
+    """Metrics ``<split>/top1``, ``<split>/top5`` (when the method has >= 5 classes),
+    ``<split>/loss`` and ``<split>/n_images`` (the images scored: the study table's binomial
+    interval of one run); ``<split>`` = cfg.eval.split ("val" or "test")."""
 
     def __init__(self, cfg: ExperimentConfig, dataset: Dataset) -> None:
         self.cfg = cfg
@@ -65,7 +66,8 @@ class Top1Evaluator:
         loss, top1, top5, n = dist.all_reduce_sum(sums).cpu().tolist()
         if n == 0:
             raise ValueError("Top1Evaluator: the evaluation dataset is empty")
-        metrics = {"val/top1": 100.0 * top1 / n, "val/loss": loss / n, "val/n_images": n}
+        key = self.cfg.eval.key
+        metrics = {key("top1"): 100.0 * top1 / n, key("loss"): loss / n, key("n_images"): n}
         if getattr(method, "num_classes", 0) >= 5:
-            metrics["val/top5"] = 100.0 * top5 / n
+            metrics[key("top5")] = 100.0 * top5 / n
         return EvalResult(metrics=metrics, records={})

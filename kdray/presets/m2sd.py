@@ -96,9 +96,9 @@ def paper_number(key: str, dataset: str) -> str:
 
 def columns(sessions: int) -> tuple[tuple[str, str], ...]:
     """Results-table columns: per-session accuracy, Avg, PD, base / novel / HM of the last one."""
-    per = tuple((f"S{t}", f"val/fscil_s{t}") for t in range(sessions + 1))
-    return per + (("Avg", "val/fscil_avg"), ("PD", "val/fscil_pd"), ("base", "val/fscil_base"),
-                  ("novel", "val/fscil_novel"), ("HM", "val/fscil_hm"))
+    per = tuple((f"S{t}", f"fscil_s{t}") for t in range(sessions + 1))
+    return per + (("Avg", "fscil_avg"), ("PD", "fscil_pd"), ("base", "fscil_base"),
+                  ("novel", "fscil_novel"), ("HM", "fscil_hm"))
 
 
 # TPE over α and the loss weights (docs/searching.md §6), on top of the full row; the ranges are

@@ -25,7 +25,11 @@ def study_parser(description: str, presets: list[str]) -> argparse.ArgumentParse
                    help="download missing datasets where torchvision can (CIFAR, Omniglot)")
     p.add_argument("--tracking-uri", default=None, help="MLflow (default sqlite:///./mlflow.db)")
     p.add_argument("--storage-path", default=None, help="Ray storage (default ./ray_results)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted study")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="Optuna study storage (default $KDRAY_OPTUNA_STORAGE, else optuna.db "
+                        "beside a sqlite MLflow store, else ./optuna.db; 'none': in memory)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted study (and its Optuna study)")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--no-search", action="store_true", help="run the ablation rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -62,6 +66,7 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
             study = before(study, args)
         return run_study(study, address=args.address, storage_path=args.storage_path,
                          tracking_uri=args.tracking_uri, resume=args.resume,
-                         results_dir=args.results_dir, header={"preset": args.preset})
+                         results_dir=args.results_dir, header={"preset": args.preset},
+                         optuna_storage=args.optuna_storage)
     except (ConfigError, FileNotFoundError) as e:  # bad input: say what, no traceback
         raise SystemExit(f"error: {e}") from None

@@ -43,6 +43,7 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
+        _pin_local_address()
         for attempt in range(2):
             try:
                 ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1",
@@ -56,6 +57,27 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     else:
         ray.init(address=address, **init_kwargs)
     return True
+
+
+def _pin_local_address() -> None:
+    """Give the local instance a known GCS port and export it as RAY_ADDRESS, so the processes
+    it spawns (they inherit this environment) find *this* instance.
+
+    Train V2's detached PlacementGroupCleaner asks the State API with no address; with several
+    Ray instances on the machine (two studies, or other users) it fails with "Found multiple
+    active Ray instances", leaked placement groups are never removed after ASHA stops a trial,
+    and the next trial's workers wait forever (docs/runtime.md §P1). `address="local"` itself ignores
+    RAY_ADDRESS.
+    """
+    import socket
+
+    import ray
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        port = sock.getsockname()[1]
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+    os.environ["RAY_ADDRESS"] = f"{ray.util.get_node_ip_address()}:{port}"
 
 
 def cluster_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:

@@ -161,7 +161,7 @@ class RunLogger:
         return written
 
     def log_curves(self, history: list[dict], artifact_path: str = "plots/curves.png") -> None:
-        """PNG of every `train/*` and `val/*` metric in `history` (one dict per epoch)."""
+        """PNG of every `train/*`, `val/*` and `test/*` metric in `history` (one dict per epoch)."""
         if self.enabled:
             self._log_written(artifact_path, lambda p: artifacts.plot_curves(history, p))
 

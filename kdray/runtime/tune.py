@@ -1,18 +1,19 @@
-"""`run_study`: Ray Tune over a Study — grid over ablation rows x seeds, then an Optuna TPE (or
-random) search with ASHA — with one MLflow parent run and `results/<study>.md`."""
+"""`run_study`: Ray Tune over a Study — grid over ablation rows x seeds (reported on the rows'
+split, normally test), then an Optuna TPE (or random) search with ASHA scored, stopped and
+selected on val only, then the val-selected point trained with the study's seeds and reported on
+the rows' split — with one MLflow parent run and `results/<study>.md`."""
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from kdray.search import Choice, Domain, Float, Int
-from kdray.study.spec import ROW_KEY, SEED_KEY, Study, trial_name
-from kdray.study.table import git_short_sha, hardware_summary, summarize_rows, write_results_md
+from kdray.study.spec import BEST_LABEL, ROW_KEY, SEED_KEY, Study, trial_name
 
 log = logging.getLogger(__name__)
 TRIAL_SLOT = "kd_trial_slot"  # custom resource: only on-demand nodes host trial drivers
@@ -44,9 +45,12 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
 
 
 def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_samples: int,
-               scheduler: bool, storage_path: str, tracking: dict, resume: bool) -> list[dict]:
-    """One Tuner over `param_space` (the grid of rows x seeds, or the searched space); returns
-    one dict per trial, in row order."""
+               scheduler: bool, storage_path: str, tracking: dict, resume: bool,
+               callbacks: list | None = None, searcher=None) -> list[dict]:
+    """One Tuner over `param_space` (the grid of rows x seeds, the searched space, or the
+    val-selected point x seeds); returns one dict per trial, in row order. Only the search phase
+    gives Tune a metric (`study.select_key`, val): grid and best phases are not ranked by Tune.
+    `searcher`: the OptunaSearch to use (search="optuna")."""
     import ray
     from ray import tune
 
@@ -66,19 +70,33 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         log.info("restoring %s", path)
         tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
+    elif num_samples < 1:
+        log.info("%s: no samples left to run", path)
+        return []
     else:
         run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
-                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1)
+                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1,
+                                 callbacks=list(callbacks or []))  # Tune appends to it
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
-                           tune_config=_tune_config(study, search, num_samples, scheduler, index))
-    out = [_trial_record(study, phase, res, index) for res in tuner.fit()]
+                           tune_config=_tune_config(study, search, num_samples, scheduler, index,
+                                                    ranked=phase == "search",
+                                                    searcher=searcher))
+    grid = tuner.fit()
+    out = [_trial_record(study, phase, res, index) for res in grid]
+    if scheduler:  # per-epoch metric, for the search report's ASHA rung table
+        from kdray.runtime.search_report import epoch_history
+
+        for rec, res in zip(out, grid):
+            rec["history"] = epoch_history(res, study.select_key)
     order = {r.label: i for i, r in enumerate(study.rows)}
     return sorted(out, key=lambda t: (order.get(t["label"], len(order)), str(t["seed"]), t["name"]))
 
 
-def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, index):
+def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, index,
+                 ranked: bool = False, searcher=None):
     """TuneConfig: Optuna TPE (or none), ASHA on epochs (or none), as many concurrent trials as
-    the cluster's CPUs/GPUs fit, trial names from the row, sample index and seed."""
+    the cluster's CPUs/GPUs fit, trial names from the row, sample index and seed. `ranked`: Tune
+    gets the metric `study.select_key` (val); otherwise none (grid rows are not ranked)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -88,7 +106,7 @@ def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, i
     if search == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=study.search_seed)
+        search_alg = searcher if searcher is not None else OptunaSearch(seed=study.search_seed)
     sched = None
     if scheduler:
         sched = ASHAScheduler(time_attr="epoch", max_t=study.base.train.epochs,
@@ -97,7 +115,8 @@ def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, i
     r = study.base.resources
     slots = cluster_slots(r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker)
     return tune.TuneConfig(
-        metric=study.metric, mode=study.mode, search_alg=search_alg, scheduler=sched,
+        metric=study.select_key if ranked else None, mode=study.mode if ranked else None,
+        search_alg=search_alg, scheduler=sched,
         num_samples=num_samples, max_concurrent_trials=slots,
         trial_name_creator=lambda t: trial_name(t.config, index(t.trial_id)),
         trial_dirname_creator=lambda t: trial_name(t.config, index(t.trial_id)))
@@ -110,7 +129,7 @@ def _trial_record(study: Study, phase: str, res, index) -> dict[str, Any]:
     trial_id = m.get("trial_id", "")
     status = "error" if res.error else ("finished" if m.get("epoch") == study.base.train.epochs
                                         else "stopped")
-    label = params.get(ROW_KEY, phase)
+    label = BEST_LABEL if phase == "best" else params.get(ROW_KEY, phase)
     return {"name": trial_name(params, index(trial_id)),
             "label": label, "seed": params.get(SEED_KEY, study.base.seed),
             "params": {k: v for k, v in params.items() if k not in (ROW_KEY, SEED_KEY)},
@@ -120,78 +139,94 @@ def _trial_record(study: Study, phase: str, res, index) -> dict[str, Any]:
             "paper": study.row(label).paper if ROW_KEY in params else ""}
 
 
-def runs_by_key(client, experiment_id: str, keys: list[str]) -> dict[str, str]:
-    """MLflow run ids of trial runs by their stable `kdray.run_key` tag."""
-    out: dict[str, str] = {}
-    for run in client.search_runs([experiment_id], max_results=5000):
-        k = run.data.tags.get("kdray.run_key")
-        if k in keys:
-            out[k] = run.info.run_id
-    return out
-
-
-def mark_failed_runs(client, run_ids: list[str]) -> None:
-    """Trials that died without closing their MLflow run (e.g. a killed process) end FAILED."""
-    for rid in run_ids:
-        if client.get_run(rid).info.status == "RUNNING":
-            client.set_terminated(rid, "FAILED")
-
-
 def run_study(study: Study, *, address: str | None = None, storage_path: str | None = None,
               tracking_uri: str | None = None, experiment: str | None = None,
               resume: bool = False, results_dir: str = "results", header: dict | None = None,
-              search_row: str | None = None) -> StudyResult:
-    """Run the study's ablation grid (rows x seeds) and then its search (if it has a space).
+              search_row: str | None = None, callbacks: list | None = None,
+              optuna_storage: str | None = None) -> StudyResult:
+    """Run the study's ablation grid (rows x seeds, on the rows' split), then its search (if it
+    has a space) on val only, then the val-selected point with the study's seeds on the rows'
+    split (the row `BEST_LABEL`). best.json: the val-selected searched trial and its val score.
 
     Every config is validated and its data and checkpoints are checked before Ray starts.
     `search_row` names the row whose overrides the search starts from (default: the last row).
+    `callbacks`: ray.tune Callbacks given to every phase's Tuner (e.g. to record results).
+    `optuna_storage`: where the search's Optuna study is kept (kdray.runtime.search_report).
     """
-    import mlflow
-
-    from kdray.runtime.mlflow_store import (
-        default_tracking_uri,
-        episode_records,
-        get_or_create_experiment,
-    )
+    from kdray.runtime import study_report as R
     from kdray.runtime.session import ensure_ray
-    from kdray.runtime.tracking import start_study_run
 
     study = _checked(study, search_row)
     storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or os.path.abspath(
         "ray_results")
-    uri = tracking_uri or default_tracking_uri()
-    client = mlflow.MlflowClient(uri)
-    exp_id = get_or_create_experiment(client, experiment or study.name)
-    parent = start_study_run(uri, exp_id, study.name, params=study.base.flatten(),
-                             tags={"kdray.metric": study.metric}, resume=resume)
-    tracking = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent}
+    client, exp_id, parent, tracking = R.open_study_run(study, tracking_uri, experiment, resume)
+    osetup = _open_optuna(study, tracking["uri"], optuna_storage, resume, storage_path)
     ensure_ray(address)
     t0 = time.time()
-    trials: list[dict] = []
-    if study.rows or not study.space:
-        space: dict[str, Any] = {SEED_KEY: _grid(study.seeds)}
-        if study.rows:
-            space[ROW_KEY] = _grid([r.label for r in study.rows])
-        trials += _run_phase(study, "grid", space, search="grid", num_samples=1, scheduler=False,
-                             storage_path=storage_path, tracking=tracking, resume=resume)
+    phase = partial(_run_phase, storage_path=storage_path, tracking=tracking, resume=resume,
+                    callbacks=callbacks)
+    trials = _grid_phase(study, phase)
+    searched, best = _search_phases(study, phase, osetup, search_row, trials)
+    R.attach_runs(client, exp_id, trials)
     if study.space:
-        sstudy = replace(study, base=study.search_base(search_row))
-        space = {k: to_tune(d) for k, d in study.space.items()}
-        trials += _run_phase(sstudy, "search", space, search=study.search,
-                             num_samples=study.num_samples, scheduler=study.scheduler == "asha",
-                             storage_path=storage_path, tracking=tracking, resume=resume)
-    ids = runs_by_key(client, exp_id, [t["run_key"] for t in trials])
-    for t in trials:
-        t["run_id"] = ids.get(t["run_key"])
-        if t["run_id"] and not t["params"] and t["status"] == "finished":
-            # finished ablation rows: the table pairs their few-shot episodes with the baseline's
-            t["episodes"] = episode_records(client, t["run_id"])
-    mark_failed_runs(client, [t["run_id"] for t in trials
-                              if t["status"] == "error" and t["run_id"]])
+        header = R.search_report(study, client, parent, searched, results_dir,
+                                 {k: to_tune(d) for k, d in study.space.items()}, osetup, header)
+    R.mark_failed_runs(client, [t["run_id"] for t in trials
+                                if t["status"] == "error" and t["run_id"]])
     info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
-            "MLflow parent run": f"`{parent}` ({uri})", **(header or {})}
-    return _report(study, trials, client, parent, os.path.join(results_dir, f"{study.name}.md"),
-                   info)
+            "MLflow parent run": f"`{parent}` ({tracking['uri']})", **(header or {})}
+    rows, path = R.report(study, trials, best, client, parent,
+                          os.path.join(results_dir, f"{study.name}.md"), info)
+    return StudyResult(rows, parent, path, best)
+
+
+def _open_optuna(study: Study, uri: str, optuna_storage: str | None, resume: bool,
+                 storage_path: str):
+    """The search's OptunaSearch on its stored study, opened before any trial runs (None
+    without an Optuna search)."""
+    if not (study.space and study.search == "optuna"):
+        return None
+    from ray import tune
+
+    from kdray.runtime import optuna_store as sr
+
+    return sr.optuna_search(
+        study.name, metric=study.select_key, mode=study.mode, seed=study.search_seed,
+        num_samples=study.num_samples, resume=resume,
+        storage_url=sr.optuna_storage_url(uri, optuna_storage),
+        tune_restores=resume and tune.Tuner.can_restore(
+            os.path.join(storage_path, f"{study.name}-search")))
+
+
+def _grid_phase(study: Study, phase) -> list[dict]:
+    """The ablation rows x seeds (or the seeds alone for a study without rows or space)."""
+    if not (study.rows or not study.space):
+        return []
+    space: dict[str, Any] = {SEED_KEY: _grid(study.seeds)}
+    if study.rows:
+        space[ROW_KEY] = _grid([r.label for r in study.rows])
+    return phase(study, "grid", space, search="grid", num_samples=1, scheduler=False)
+
+
+def _search_phases(study: Study, phase, osetup, search_row: str | None,
+                   trials: list[dict]) -> tuple[list[dict], dict | None]:
+    """The search on val, then the val-selected point with every seed on the rows' split;
+    appends their trials to `trials`; returns (searched trials, the val-selected one)."""
+    if not study.space:
+        return [], None
+    sstudy = replace(study, base=study.search_base(search_row))
+    searched = phase(sstudy, "search", {k: to_tune(d) for k, d in study.space.items()},
+                     search=study.search,
+                     num_samples=osetup.num_samples if osetup else study.num_samples,
+                     scheduler=study.scheduler == "asha",
+                     searcher=osetup.searcher if osetup else None)
+    trials += searched
+    best = study.searched_best(searched)
+    if best is not None:
+        fstudy = replace(study, base=study.report_base(search_row))
+        trials += phase(fstudy, "best", {**best["params"], SEED_KEY: _grid(study.seeds)},
+                        search="grid", num_samples=1, scheduler=False)
+    return searched, best
 
 
 def _checked(study: Study, search_row: str | None) -> Study:
@@ -206,31 +241,6 @@ def _checked(study: Study, search_row: str | None) -> Study:
             seen.add(key)
             preflight(c)
     return study
-
-
-def _report(study: Study, trials: list[dict], client, parent: str, path: str,
-            info: dict[str, str]) -> StudyResult:
-    """Write results/<study>.md (header: the study's facts, then `info`), log it and best.json to
-    the parent run, and end that run."""
-    done = [t for t in trials if t["status"] != "error" and study.metric in t["metrics"]]
-    best = None
-    if done:
-        sign = 1 if study.mode == "max" else -1
-        best = max(done, key=lambda t: sign * t["metrics"][study.metric])
-    rows = summarize_rows(study, trials)
-    header = {"study": study.name, "command": "`" + " ".join(["python", *sys.argv]) + "`",
-              "method": study.base.method, "dataset": study.base.data.dataset,
-              "seeds": ", ".join(map(str, study.seeds)), "hardware": hardware_summary(),
-              "kdray commit": git_short_sha(), "metric": f"{study.metric} ({study.mode})",
-              **info}
-    text = write_results_md(study, rows, path, header=header)
-    client.log_text(parent, text, f"results/{study.name}.md")
-    if best is not None:
-        client.log_dict(parent, {k: best[k] for k in ("name", "label", "seed", "params",
-                                                      "metrics", "config")}, "best.json")
-    client.set_terminated(parent, "FINISHED")
-    print(text)
-    return StudyResult(rows, parent, path, best)
 
 
 def _grid(values):
@@ -250,3 +260,5 @@ def to_tune(d: Domain):
     if isinstance(d, Int):  # Tune's integer upper bound is exclusive; ours is inclusive
         return tune.lograndint(d.low, d.high + 1) if d.log else tune.randint(d.low, d.high + 1)
     raise TypeError(f"unknown domain {d!r}")
+
+

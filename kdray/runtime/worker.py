@@ -120,7 +120,7 @@ class _Reporter:
             if e.records:
                 self.records.update(e.records)
                 self.tracker.log_eval(e.records, {k: v for k, v in e.metrics.items()
-                                                  if k.startswith("val/")}, e.epoch + 1)
+                                                  if k.startswith(("val/", "test/"))}, e.epoch + 1)
             save_checkpoint(e.make_state(), self.ckpt_dir)
             checkpoint = ray.train.Checkpoint.from_directory(self.ckpt_dir)
             if e.is_last:

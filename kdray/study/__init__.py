@@ -1,6 +1,6 @@
 """Ray-free study layer: what a study runs (`spec`) and how its results read (`table`,
 `artifacts`). The runtime (`kdray.runtime`) runs a `Study` with Ray Tune and MLflow."""
 
-from kdray.study.spec import Row, Study
+from kdray.study.spec import BEST_LABEL, Row, Study, split_note
 
-__all__ = ["Row", "Study"]
+__all__ = ["BEST_LABEL", "Row", "Study", "split_note"]

@@ -154,12 +154,12 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.0, 3.0)):
 
 
 def plot_curves(history: list[dict], path: str | Path) -> list[str]:
-    """Plot every `train/*` and `val/*` metric against `epoch`, one panel each; return the keys.
+    """Plot every `train/*`, `val/*` and `test/*` metric against `epoch`, one panel each; return the keys.
 
     A `<key>_ci95` entry is drawn as a band around `<key>` rather than as its own panel.
     """
     keys = sorted({k for h in history for k in h
-                   if k.startswith(("train/", "val/")) and not k.endswith("_ci95")})
+                   if k.startswith(("train/", "val/", "test/")) and not k.endswith("_ci95")})
     fig, axes = _grid(max(1, len(keys)))
     for ax, key in zip(axes, keys):
         pts = [(h.get("epoch", i), h[key], h.get(f"{key}_ci95")) for i, h in enumerate(history)
@@ -174,7 +174,7 @@ def plot_curves(history: list[dict], path: str | Path) -> list[str]:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     if not keys:
-        axes[0].text(0.5, 0.5, "no train/ or val/ metrics", ha="center", va="center")
+        axes[0].text(0.5, 0.5, "no train/, val/ or test/ metrics", ha="center", va="center")
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
     return keys

@@ -12,6 +12,8 @@ from kdray.search import Budget, Choice, Domain
 
 ROW_KEY = "row"
 SEED_KEY = "seed"
+SELECT_SPLIT = "val"   # searches are scored, stopped and selected on this split only
+BEST_LABEL = "best searched (val-selected)"
 T = TypeVar("T")
 #: a value, or a function of the study's base config giving it (e.g. columns from the protocol)
 OfBase = T | Callable[[ExperimentConfig], T]
@@ -29,11 +31,17 @@ class Row:
 @dataclass(frozen=True)
 class Study:
     """What to run. Either `rows` (grid over named settings) or `space` (searched) or both: with
-    both, every sampled point is applied on top of the search row (default: the last row)."""
+    both, every sampled point is applied on top of the search row (default: the last row).
+
+    Splits: `metric` and the `columns` keys name no split ("top1", "acc_5w1s"); a trial reports
+    them as `<split>/<name>` for the split it evaluated. Rows report `base.eval.split` (normally
+    test). Searched trials evaluate on val (`search_base`) and are ranked on `val/<metric>`; the
+    val-selected best point is then trained again with `seeds` and reported on the rows' split as
+    the row `BEST_LABEL`."""
 
     name: str
     base: ExperimentConfig
-    metric: str
+    metric: str                     # without split: "top1", "acc_5w1s", "fscil_avg", "AP"
     mode: str = "max"
     rows: tuple[Row, ...] = ()
     space: dict[str, Domain] = field(default_factory=dict)
@@ -64,8 +72,27 @@ class Study:
         labels = [r.label for r in self.rows]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"study rows need unique labels, got {labels}")
+        if BEST_LABEL in labels:
+            raise ConfigError(f"study row label {BEST_LABEL!r} is reserved for the searched best")
+        for key in (self.metric, *(k for _, k in self.columns)):
+            if "/" in key:
+                raise ConfigError(f"study metric/column {key!r}: name it without its split (e.g. "
+                                  f"{key.split('/')[-1]!r}); trials report <split>/<name>")
+        if "eval.split" in self.space or "data.holdout_val" in self.space:
+            raise ConfigError("study.space: searched trials always evaluate on val; do not search "
+                              "eval.split or data.holdout_val")
         if self.baseline and self.baseline not in labels:
             raise ConfigError(f"study.baseline {self.baseline!r} is not a row; rows: {labels}")
+
+    def key(self, split: str | None = None, name: str | None = None) -> str:
+        """`<split>/<name>`: the reported key of `name` (default: the metric) on `split` (default:
+        the rows' split, base.eval.split)."""
+        return f"{split or self.base.eval.split}/{name or self.metric}"
+
+    @property
+    def select_key(self) -> str:
+        """What searches are scored, stopped and selected on: `val/<metric>`."""
+        return self.key(SELECT_SPLIT)
 
     @property
     def baseline_label(self) -> str | None:
@@ -125,13 +152,40 @@ class Study:
                 return r
         raise ConfigError(f"unknown row {label!r}; rows: {[r.label for r in self.rows]}")
 
-    def search_base(self, search_row: str | None = None) -> ExperimentConfig:
-        """The config the search starts from: the base with the search row's overrides (default:
-        the last row, conventionally the full method)."""
+    def report_base(self, search_row: str | None = None) -> ExperimentConfig:
+        """The base with the search row's overrides (default: the last row, conventionally the
+        full method), evaluated on the rows' split: what the val-selected best point is trained
+        and reported with."""
         if not self.rows:
             return self.base
         row = self.row(search_row) if search_row else self.rows[-1]
         return self.base.override(row.overrides)
+
+    def search_base(self, search_row: str | None = None) -> ExperimentConfig:
+        """The config the search starts from: `report_base` evaluated on val, never test. A dataset
+        without a val split of its own (kdray.data.CARVED_VAL) uses the val carved from train,
+        which training then leaves out (data.holdout_val)."""
+        from kdray.data.registry import CARVED_VAL
+
+        base = self.report_base(search_row)
+        return base.override({"eval.split": SELECT_SPLIT,
+                              "data.holdout_val": base.data.dataset in CARVED_VAL})
+
+    def searched_best(self, trials: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+        """The best of searched trial records by `select_key` (val), or None. A trial record
+        carrying any `test/` metric is refused: the search never sees test numbers."""
+        done = []
+        for t in trials:
+            m = t.get("metrics") or {}
+            if any(str(k).startswith("test/") for k in m):
+                raise ValueError(f"searched trial {t.get('name')!r} reports test metrics")
+            v = m.get(self.select_key)
+            if t.get("status") != "error" and v is not None and v == v:  # not NaN
+                done.append(t)
+        if not done:
+            return None
+        sign = 1 if self.mode == "max" else -1
+        return max(done, key=lambda t: sign * float(t["metrics"][self.select_key]))
 
     def validate(self, search_row: str | None = None) -> list[ExperimentConfig]:
         """Build every config a trial could get (rows x seeds, and the search base at the space's
@@ -142,9 +196,9 @@ class Study:
                 p = {SEED_KEY: seed, **({ROW_KEY: row.label} if row is not None else {})}
                 out.append(self.trial_config(p))
         if self.space:
-            base = self.search_base(search_row)
-            for low in (True, False):
-                out.append(base.override({k: _corner(d, low) for k, d in self.space.items()}))
+            for base in (self.search_base(search_row), self.report_base(search_row)):
+                for low in (True, False):
+                    out.append(base.override({k: _corner(d, low) for k, d in self.space.items()}))
         return out
 
 
@@ -165,6 +219,19 @@ def with_resources(study: Study, *, workers_per_trial: int | None = None,
     if seeds is not None:
         s = replace(s, seeds=tuple(seeds))
     return s
+
+
+def split_note(base: ExperimentConfig) -> str:
+    """A sentence for a study description: which split rows and searched trials are scored on."""
+    from kdray.data.base import HOLDOUT_FRACTION
+    from kdray.data.registry import CARVED_VAL
+
+    ds = base.data.dataset
+    carved = (f" ({ds} has no val split: val is carved from train, a fixed {HOLDOUT_FRACTION:.0%}"
+              " of each class, which searched trials do not train on)") if ds in CARVED_VAL else ""
+    return (f"Rows and '{BEST_LABEL}' (the val-selected point re-run with every seed) are scored "
+            f"on {base.eval.split}; searched trials are scored, stopped and selected on val "
+            f"only{carved}.")
 
 
 def _corner(d: Domain, low: bool) -> Any:

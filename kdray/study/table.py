@@ -13,20 +13,25 @@ import subprocess
 from typing import Any
 
 from kdray.study import stats
-from kdray.study.spec import Study
+from kdray.study.spec import BEST_LABEL, Study
 
 _FEWSHOT = re.compile(r"(?:^|/)acc_(\d+)w(\d+)s(?:_(\w+))?$")  # val/acc_5w1s[_classifier]
 N_IMAGES = "n_images"  # evaluated images, logged next to top1 (e.g. val/n_images)
 
 
 def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One table row per trial: label, seed, searched params, metric columns, run id, status,
-    and (few-shot trials) its episode records and evaluation classifiers."""
+    """One table row per trial: label, seed, searched params, metric columns, run id, status.
+    `metrics` holds the trial's split-free column values (from `<split>/<name>`, the split it
+    evaluated: test for rows, val for searched trials), `split` that split; few-shot trials also
+    carry their episode records and evaluation classifiers."""
     rows = []
     for t in trials:
-        m = t.get("metrics") or {}
+        raw = t.get("metrics") or {}
+        split = ((t.get("config") or {}).get("eval") or {}).get("split", study.base.eval.split)
+        m = {**{k.split("/", 1)[1]: v for k, v in raw.items() if k.startswith(f"{split}/")},
+             "epoch": raw.get("epoch")}
         classifiers = ((t.get("config") or {}).get("eval") or {}).get("classifiers") or ()
-        rows.append({"label": t.get("label") or t["name"], "seed": t.get("seed"),
+        rows.append({"label": t.get("label") or t["name"], "seed": t.get("seed"), "split": split,
                      "params": t.get("params", {}), "metrics": m, "run_id": t.get("run_id"),
                      "status": t.get("status"), "paper": t.get("paper", ""),
                      "epochs": m.get("epoch"), "episodes": t.get("episodes"),
@@ -63,13 +68,13 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
         lines += [study.description, ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines.append(f"- ledger: [results/LEDGER.md#{study.name}](LEDGER.md#{study.name})")
-    lines += ["", "| setting | seed | " + " | ".join(h for h, _ in cols)
+    lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols)
               + " | paper | epochs | status | MLflow run |",
-              "|---" * (len(cols) + 6) + "|"]
+              "|---" * (len(cols) + 7) + "|"]
     for r in rows:
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
         label = r["label"] + (f" ({params})" if params else "")
-        lines.append(f"| {label} | {r['seed']} | "
+        lines.append(f"| {label} | {r['seed']} | {r.get('split', '–')} | "
                      + " | ".join(fmt_ci(r["metrics"], k) for _, k in cols)
                      + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {r['status']} | "
                      f"`{r['run_id'] or '–'}` |")
@@ -93,7 +98,7 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
     ablation row."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
-        if not r["params"] and r["status"] == "finished":
+        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
             groups.setdefault(r["label"], []).append(r)
     if not groups:
         return []

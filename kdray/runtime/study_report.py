@@ -1,0 +1,123 @@
+"""The study's records around `run_study` (kdray.runtime.tune): its MLflow parent run, the trial
+runs found again by key, runs left RUNNING by a dead process, the search report and the results
+table with best.json."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from kdray.study.spec import BEST_LABEL, Study
+from kdray.study.table import git_short_sha, hardware_summary, summarize_rows, write_results_md
+
+log = logging.getLogger(__name__)
+
+
+def open_study_run(study: Study, tracking_uri: str | None, experiment: str | None,
+                   resume: bool) -> tuple[Any, str, str, dict[str, Any]]:
+    """(client, experiment id, parent run id, the trials' tracking dict) of the study's run."""
+    import mlflow
+
+    from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
+    from kdray.runtime.tracking import start_study_run
+
+    uri = tracking_uri or default_tracking_uri()
+    client = mlflow.MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, experiment or study.name)
+    parent = start_study_run(uri, exp_id, study.name, params=study.base.flatten(),
+                             tags={"kdray.metric": study.key(),
+                                   "kdray.select_metric": study.select_key}, resume=resume)
+    return client, exp_id, parent, {"uri": uri, "experiment_id": exp_id,
+                                    "parent_run_id": parent}
+
+
+def attach_runs(client, exp_id: str, trials: list[dict]) -> None:
+    """Each trial's MLflow run id; finished ablation rows also get their episode records (the
+    table pairs their few-shot episodes with the baseline's)."""
+    from kdray.runtime.mlflow_store import episode_records
+
+    ids = runs_by_key(client, exp_id, [t["run_key"] for t in trials])
+    for t in trials:
+        t["run_id"] = ids.get(t["run_key"])
+        if t["run_id"] and not t["params"] and t["status"] == "finished":
+            t["episodes"] = episode_records(client, t["run_id"])
+
+
+def runs_by_key(client, experiment_id: str, keys: list[str]) -> dict[str, str]:
+    """MLflow run ids of trial runs by their stable `kdray.run_key` tag."""
+    out: dict[str, str] = {}
+    for run in client.search_runs([experiment_id], max_results=5000):
+        k = run.data.tags.get("kdray.run_key")
+        if k in keys:
+            out[k] = run.info.run_id
+    return out
+
+
+def mark_failed_runs(client, run_ids: list[str]) -> None:
+    """Trials that died without closing their MLflow run (e.g. a killed process) end FAILED."""
+    for rid in run_ids:
+        if client.get_run(rid).info.status == "RUNNING":
+            client.set_terminated(rid, "FAILED")
+
+
+
+def report(study: Study, trials: list[dict], best: dict | None, client, parent: str, path: str,
+           info: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+    """Write results/<study>.md (header: the study's facts, then `info`), log it and best.json
+    (the val-selected searched trial, its val metrics; none without a search) to the parent run,
+    and end that run."""
+    rows = summarize_rows(study, trials)
+    header = {"study": study.name, "command": "`" + " ".join(["python", *sys.argv]) + "`",
+              "method": study.base.method, "dataset": study.base.data.dataset,
+              "seeds": ", ".join(map(str, study.seeds)), "hardware": hardware_summary(),
+              "kdray commit": git_short_sha(), "metric": _metric_line(study), **info}
+    text = write_results_md(study, rows, path, header=header)
+    client.log_text(parent, text, f"results/{study.name}.md")
+    if best is not None:
+        client.log_dict(parent, {**{k: best[k] for k in ("name", "label", "seed", "params",
+                                                         "metrics", "config")},
+                                 "selected_on": study.select_key}, "best.json")
+    client.set_terminated(parent, "FINISHED")
+    print(text)
+    return rows, path
+
+
+def _metric_line(study: Study) -> str:
+    """The results header's metric: which split each kind of row is scored on."""
+    line = f"{study.metric} ({study.mode}); rows on {study.base.eval.split}"
+    if study.space:
+        line += (f"; searched trials scored, stopped and selected on {study.select_key} only"
+                 f" ({_val_source(study)}), the val-selected point re-run on "
+                 f"{study.base.eval.split} as '{BEST_LABEL}'")
+    return line
+
+
+def _val_source(study: Study) -> str:
+    from kdray.data.base import HOLDOUT_FRACTION
+    from kdray.data.registry import CARVED_VAL
+
+    if study.base.data.dataset in CARVED_VAL:
+        return (f"val carved from train: a fixed {HOLDOUT_FRACTION:.0%} of each class, left out "
+                "of the searched trials' training")
+    return f"the val split of {study.base.data.dataset}"
+
+
+def search_report(study: Study, client, parent: str, searched: list[dict], results_dir: str,
+                  space: dict, osetup, header: dict | None) -> dict:
+    """Log the search report (kdray.runtime.search_report) to the study run and beside the
+    results; returns the results header with a line pointing at it. A failing figure is logged
+    and never costs the study its results table."""
+    from kdray.runtime import search_report as sr
+
+    try:
+        out = sr.log_search_report(
+            client, parent, searched, results_dir, study_name=study.name,
+            metric=study.select_key, mode=study.mode, space=space,
+            grace_period=study.grace_period, reduction_factor=study.reduction_factor,
+            max_epochs=study.base.train.epochs,
+            storage_url=osetup.storage_url if osetup else None)
+        return {**(header or {}), "search report": f"`{out}/` (MLflow: `search/`)"}
+    except Exception:
+        log.exception("search report failed")
+        return dict(header or {})
