@@ -9,12 +9,13 @@ import json
 import random
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from helpers import load_study
 
-from kdray.config import DataConfig
+from kdray.config import DataConfig, ExperimentConfig
 from kdray.data.base import HOLDOUT_FRACTION, holdout_ids
 from kdray.data.registry import CARVED_VAL, build_dataset, check_data
 
@@ -130,3 +131,63 @@ def test_mkd_study_reports_on_test_and_searches_on_carved_val(coco_root):
         check_data(cfg.override({"data.root": coco_root}))
     assert len(s.validate()) > len(s.rows)
 
+
+# ------------------------------------------------------------------ stages of a searched study
+def _capture_stages(monkeypatch) -> list[ExperimentConfig]:
+    """Replace run_stage (Ray, MLflow) by a recorder; study_stage still builds the config."""
+    import kdray.runtime.driver as driver
+
+    seen: list[ExperimentConfig] = []
+
+    def fake_run_stage(cfg, name, **kw):
+        seen.append(cfg)
+        return driver.StageResult(f"/ckpt/{name}.pt", {}, None, True)
+
+    monkeypatch.setattr(driver, "run_stage", fake_run_stage)
+    return seen
+
+
+ARGS = SimpleNamespace(storage_path=None, tracking_uri=None, address=None)
+
+
+def test_m2sd_stage1_of_a_searched_study_leaves_the_carved_val_out(monkeypatch, synth_root):
+    """M2SD stage 2 starts from stage 1: with a search, stage 1 trains on `base` without the
+    carved val, so the searched trials' val images were never trained on; without a search (rows
+    only) the stage keeps the full split."""
+    mod = load_study("m2sd_ablation")
+    seen = _capture_stages(monkeypatch)
+    s = mod.build("smoke")
+    s = replace(s, base=s.base.override({"data.root": synth_root, "data.synthetic_classes": 30,
+                                         "data.synthetic_per_class": 20}))
+    out = mod.with_stage1(s, SimpleNamespace(preset="smoke", **vars(ARGS)))
+    assert out.base.train.init_from == "/ckpt/m2sd_ablation_smoke-stage1.pt"
+    stage = seen[-1]
+    assert stage.data.holdout_val and stage.data.train_split == "base"
+    val = build_dataset(stage.data, "val")
+    trained = build_dataset(stage.data, "base")
+    assert not {int(r) for r in val.rows} & {int(r) for r in trained.rows}
+    mod.with_stage1(replace(s, space={}), SimpleNamespace(preset="smoke", **vars(ARGS)))
+    assert not seen[-1].data.holdout_val  # --no-search: nothing is scored on the carved val
+    rows_only = build_dataset(seen[-1].data, "base")
+    assert {int(r) for r in val.rows} & {int(r) for r in rows_only.rows}  # base includes val
+
+
+def test_mkd_teacher_of_a_searched_study_leaves_the_carved_val_out(monkeypatch, coco_root):
+    mod = load_study("mkd_ablation")
+    seen = _capture_stages(monkeypatch)
+    s = mod.build("smoke")
+    s = replace(s, base=s.base.override({"data.root": coco_root}))
+    out = mod.with_teacher(s, SimpleNamespace(preset="smoke", **vars(ARGS)))
+    assert out.base.model.teacher_ckpt == "/ckpt/mkd_ablation_smoke-teacher.pt"
+    teacher = seen[-1]
+    assert teacher.data.holdout_val and teacher.eval.split == "test"
+    assert not _ids(build_dataset(teacher.data, "val")) & _ids(build_dataset(teacher.data, "train"))
+
+
+def test_stage_config_only_holds_out_a_carved_val_when_searching():
+    s = load_study("cskd_ablation").build("smoke")
+    cfg = s.base.override({"method": "ce"})
+    assert s.stage_config(cfg).data.holdout_val == (cfg.data.dataset in CARVED_VAL)
+    assert not replace(s, space={}).stage_config(cfg).data.holdout_val
+    own_val = cfg.override({"data.dataset": "cifar_fs"})  # a val of its own: nothing to leave out
+    assert not s.stage_config(own_val).data.holdout_val
