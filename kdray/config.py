@@ -46,10 +46,12 @@ class DataConfig:
     mask_ratio: tuple[float, float] = (0.1, 0.5)  # per-image masked share ~ U(low, high)
     class_aware: int = 0             # m images per class in every batch; 0 = plain random sampler
     train_split: str = "train"
-    # datasets without a val split (cifar10, cifar100, fscil_*) get one carved from train: a fixed,
-    # class-stratified HOLDOUT_FRACTION of each class (kdray.data.base.holdout_rows). true: `train`
-    # (and an FSCIL `base`) leave those images out; required to evaluate on that carved `val`.
-    # Searched trials set it (kdray.study.Study.search_base).
+    # datasets without a val split (cifar10, cifar100, fscil_*) or whose own val is the reported
+    # `test` (imagenet, coco, coco128) get one carved from train (kdray.data.CARVED_VAL): a fixed
+    # HOLDOUT_FRACTION, per class (holdout_rows) or per image id (holdout_ids, detection). true:
+    # `train` (and an FSCIL `base`) leave those images out; required to evaluate on that carved
+    # `val`. Searched trials set it (Study.search_base), and so do the stages of a searched study
+    # (Study.stage_config).
     holdout_val: bool = False
     synthetic_classes: int = 100     # synthetic_fs only
     synthetic_per_class: int = 60    # synthetic_fs only

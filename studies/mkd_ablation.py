@@ -12,7 +12,7 @@ Writes results/mkd_ablation_<preset>.md.
 from kdray.presets import mkd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study
+from kdray.study import Study, split_note
 
 COLUMNS = tuple((k, k) for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"))
 
@@ -22,13 +22,12 @@ def build(preset: str) -> Study:
         "mkd_ablation", preset, method="mkd", overrides=P.PRESETS[preset], rows=P.ROWS,
         paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
         budget=P.BUDGET[preset], metric="AP", columns=COLUMNS,
-        description="MKD (masked-input RetinaNet student, adaptive decoder, FGD global loss): "
-                    "ablation ladder, then a TPE search. Ours: COCO box AP in [0, 1]; paper "
-                    "column: COCO val2017 box AP in % (docs/methods/mkd.md §2.5; paper teacher assumed "
-                    "RetinaNet-X101, ours R101). Splits: rows and searched trials are all scored "
-                    "on val (COCO val2017, the split the literature reports; coco128's val is its "
-                    "own 128 training images), so this search selects on the reported split: "
-                    "no held-out val is carved for detection yet.")
+        description=lambda base: "MKD (masked-input RetinaNet student, adaptive decoder, FGD "
+                    "global loss): ablation ladder, then a TPE search. Ours: COCO box AP in [0, "
+                    "1]; paper column: COCO val2017 box AP in % (docs/methods/mkd.md §2.5; paper "
+                    "teacher assumed RetinaNet-X101, ours R101). " + split_note(base) + " The "
+                    "reported split `test` is COCO val2017 (coco128: its own 128 training images, "
+                    "a smoke check only).")
 
 
 def with_teacher(study: Study, args) -> Study:

@@ -310,8 +310,8 @@ def test_unknown_dataset_and_split_list_choices() -> None:
         check_data(ExperimentConfig().override({"eval.split": "valid"}))
     with pytest.raises(ConfigError, match="data.train_split"):
         check_data(ExperimentConfig().override({"data.train_split": "all"}))
-    with pytest.raises(ConfigError, match="'train', 'test'"):
-        build_dataset(cfg_of(dataset="cifar10").data, "val")
+    with pytest.raises(ConfigError, match="'train', 'val', 'test'"):  # val: carved from train
+        build_dataset(cfg_of(dataset="cifar10").data, "minival")
     ok = ExperimentConfig().override({"eval.kind": "none", "eval.split": "valid"})
     check_data(ok)  # the eval split is irrelevant without evaluation
 

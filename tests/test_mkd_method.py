@@ -25,7 +25,7 @@ REPO = Path(__file__).parents[1]
 DATA = REPO.parent / "shared" / "data"
 SMALL = {"method": "mkd", "model.arch": "resnet18", "data.image_size": 128,
          "data.dataset": "coco128", "data.root": str(DATA), "data.batch_size": 2,
-         "eval.kind": "coco", "eval.split": "val", "eval.batch_size": 3,
+         "eval.kind": "coco", "eval.split": "test", "eval.batch_size": 3,
          "method_cfg.fpn_channels": 16, "method_cfg.teacher_fpn_channels": 16,
          "method_cfg.decoder_dim": 16, "method_cfg.decoder_heads": 2,
          "method_cfg.decoder_depth": 1, "method_cfg.w_global": 1e-4}
@@ -164,7 +164,7 @@ def test_preflight_rejects_bad_teacher_and_data(tmp_path: Path) -> None:
 def test_coco128_boxes_scaled_and_flipped(tmp_path: Path) -> None:
     gt = json.loads(_coco128().read_text())
     cfg = ExperimentConfig().override(SMALL)
-    ds = build_dataset(cfg.data, "val")
+    ds = build_dataset(cfg.data, "test")
     assert isinstance(ds, CocoDetection) and len(ds) == 128
     i = next(k for k, im in enumerate(ds.infos) if im["id"] == 9)  # 640 x 480
     x, t = ds[i]
@@ -221,14 +221,14 @@ def test_coco_evaluator_ground_truth_gives_ap_one() -> None:
     cfg = ExperimentConfig().override({**SMALL, "eval.max_items": 10})
     ev = build_evaluator(cfg, build_eval_dataset(cfg))
     res = ev(_Oracle(ev.dataset, ev.indices), "cpu")
-    assert set(res.metrics) == {f"val/{k}" for k in ("AP", "AP50", "AP75", "AP_S", "AP_M",
+    assert set(res.metrics) == {f"test/{k}" for k in ("AP", "AP50", "AP75", "AP_S", "AP_M",
                                                      "AP_L")}
-    for k in ("val/AP", "val/AP50", "val/AP75"):
+    for k in ("test/AP", "test/AP50", "test/AP75"):
         assert res.metrics[k] == pytest.approx(1.0, abs=1e-9)
     assert all(v in (-1.0,) or v == pytest.approx(1.0) for v in res.metrics.values())
     worse = _Oracle(ev.dataset, ev.indices)
     worse.queue[0] = {"boxes": worse.queue[0]["boxes"] + 40.0, "labels": worse.queue[0]["labels"]}
-    assert ev(worse, "cpu").metrics["val/AP"] < 1.0
+    assert ev(worse, "cpu").metrics["test/AP"] < 1.0
     test_cfg = cfg.override({"eval.split": "train"})  # the prefix is the evaluated split's name
     res = build_evaluator(test_cfg, build_eval_dataset(test_cfg))(
         _Oracle(ev.dataset, ev.indices), "cpu")
@@ -244,8 +244,8 @@ def test_run_local_smoke_with_coco_eval(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, **{"train.epochs": 1, "train.steps_per_epoch": 2,
                             "eval.max_items": 4, "optim.lr": 1e-4})
     res = run_local(cfg, str(tmp_path / "run"))
-    assert all(math.isfinite(res.metrics[k]) for k in ("train/loss", "train/feat", "val/AP"))
-    assert 0.0 <= res.metrics["val/AP"] <= 1.0 and (tmp_path / "run" / "checkpoint.pt").exists()
+    assert all(math.isfinite(res.metrics[k]) for k in ("train/loss", "train/feat", "test/AP"))
+    assert 0.0 <= res.metrics["test/AP"] <= 1.0 and (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_study_presets_validate() -> None:
@@ -255,7 +255,7 @@ def test_study_presets_validate() -> None:
     spec.loader.exec_module(mod)
     for preset in ("smoke", "coco", "coco_r18"):
         study = mod.build(preset)
-        assert len(study.validate()) == 7  # 5 rows + the search space's two corners
+        assert len(study.validate()) == 9  # 5 rows + search and report bases at two corners
         teacher = study.base.override(mod.P.TEACHER[preset])
         assert not teacher.method_cfg.uses_teacher
     assert [r.paper for r in mod.build("coco").rows][0] == "37.4"

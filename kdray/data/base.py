@@ -199,6 +199,18 @@ def holdout_rows(labels: Sequence[int] | np.ndarray, candidates: Sequence[int] |
     return np.sort(np.concatenate(out)) if out else np.zeros(0, dtype=np.int64)
 
 
+def holdout_ids(ids: Sequence[int], fraction: float = HOLDOUT_FRACTION) -> np.ndarray:
+    """Sorted positions in `ids` (e.g. COCO image ids) held out as a carved `val`, class-agnostic:
+    the round(fraction x n) (at least 1 when n >= 2, never all) ids first in the order of a hash of
+    the id alone, so an image's membership depends only on its id and the image set."""
+    n = len(ids)
+    if n < 2:
+        return np.zeros(0, dtype=np.int64)
+    k = min(n - 1, max(1, int(round(fraction * n))))
+    keys = np.array([mix_seed(_HOLDOUT_SALT, int(i)) for i in ids], dtype=np.uint64)
+    return np.sort(np.argsort(keys, kind="stable")[:k]).astype(np.int64)
+
+
 # ---------------------------------------------------------------------------- seeds
 def _splitmix64(x: int) -> int:
     x = (x + 0x9E3779B97F4A7C15) & _MASK64

@@ -4,10 +4,15 @@ Layout looked for under each data root (``data.root``, then ``KDRAY_DATA_PATH``;
 `kdray.data.base.data_roots`):
 
 - ``coco128/``: ``train2017/*.jpg`` + ``annotations/instances_train2017.json`` (the COCO128 copy
-  in ../shared/data). Splits ``train`` and ``val`` are the *same* 128 images (as upstream: its
-  val2017 is a byte copy of train2017), which is only good for smoke runs.
+  in ../shared/data). Split ``train`` and the reported split ``test`` are the *same* 128 images
+  (as upstream: its val2017 is a byte copy of train2017), which is only good for smoke runs.
 - ``coco/``: ``train2017/`` + ``annotations/instances_train2017.json`` (split ``train``) and
-  ``val2017/`` + ``annotations/instances_val2017.json`` (split ``val``).
+  ``val2017/`` + ``annotations/instances_val2017.json`` (split ``test``: val2017, the split the
+  literature reports).
+
+Split ``val`` (both datasets) is carved from the training images for searches
+(`kdray.data.base.holdout_ids`: a fixed 10%, class-agnostic, chosen by a hash of the image id);
+with ``data.holdout_val=true`` ``train`` leaves those images out. ``test`` is never touched.
 
 Geometry: each image is resized (bilinear, aspect ratio kept) so that its short side is
 ``data.image_size`` unless its long side would then exceed ``round(image_size * 1333 / 800)``, in
@@ -28,6 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -40,6 +46,7 @@ from kdray.data.base import (
     DatasetSpec,
     ImageDataset,
     data_roots,
+    holdout_ids,
     mix_seed,
 )
 from kdray.types import Batch
@@ -50,21 +57,23 @@ if TYPE_CHECKING:
 URLS = {"coco128": "https://github.com/developer0hye/COCO128 (train2017/ + annotations/)",
         "coco": "https://cocodataset.org/#download (train2017.zip, val2017.zip, "
                 "annotations_trainval2017.zip)"}
-#: (image folder, annotation json) relative to the dataset folder, per split.
+#: (image folder, annotation json) relative to the dataset folder, per split read from disk
+#: (`val` is carved from `train`, see the module docstring).
 LAYOUT = {"coco128": {"train": ("train2017", "annotations/instances_train2017.json"),
-                      "val": ("train2017", "annotations/instances_train2017.json")},
+                      "test": ("train2017", "annotations/instances_train2017.json")},
           "coco": {"train": ("train2017", "annotations/instances_train2017.json"),
-                   "val": ("val2017", "annotations/instances_val2017.json")}}
-SPLITS = ("train", "val")
+                   "test": ("val2017", "annotations/instances_val2017.json")}}
+SPLITS = ("train", "val", "test")
 LONG_RATIO = 1333 / 800
 SIZE_DIVISIBLE = 32  # padded batches: a multiple of the largest backbone stride
 _FLIP_SALT = 0x666C6970
 
 
 def split_paths(cfg: DataConfig, split: str) -> tuple[Path, Path]:
-    """(image folder, annotation json) of `split` under the first root that has both."""
+    """(image folder, annotation json) of `split` under the first root that has both (the carved
+    `val` reads `train`'s)."""
     name, looked = cfg.dataset, []
-    folder, ann = LAYOUT[name][split]
+    folder, ann = LAYOUT[name]["train" if split == "val" else split]
     for root in data_roots(cfg):
         imgs, js = root / name / folder, root / name / ann
         if imgs.is_dir() and js.is_file():
@@ -153,6 +162,14 @@ class CocoDetection(ImageDataset):
         i, seed = key if isinstance(key, tuple) else (key, None)
         return self.item(i, seed)
 
+    def subset(self, rows: Sequence[int]) -> CocoDetection:
+        """This split restricted to the images at `rows` (annotations and labels kept)."""
+        out = object.__new__(CocoDetection)
+        out.__dict__.update(self.__dict__)
+        out.infos = [self.infos[int(i)] for i in rows]
+        out.targets = [self.targets[int(i)] for i in rows]
+        return out
+
     def gt_subset(self, indices: Sequence[int]) -> dict:
         """The COCO dict restricted to the images at `indices` (for partial evaluation)."""
         ids = {self.infos[i]["id"] for i in indices}
@@ -162,15 +179,20 @@ class CocoDetection(ImageDataset):
 
 
 def _to_array(img: Image.Image):
-    import numpy as np
-
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
 def build(cfg: DataConfig, split: str, *, train: bool | None = None) -> CocoDetection:
+    """Split `train`, `test`, or `val` carved from the training images (`holdout_ids`), which
+    `train` leaves out when data.holdout_val is set."""
     images, ann = split_paths(cfg, split)
-    return CocoDetection(images, ann, cfg.image_size,
-                         train=(split == cfg.train_split) if train is None else train)
+    ds = CocoDetection(images, ann, cfg.image_size,
+                       train=(split == cfg.train_split) if train is None else train)
+    if split == "val" or (split == "train" and cfg.holdout_val):
+        held = holdout_ids([im["id"] for im in ds.infos])
+        rows = held if split == "val" else np.setdiff1d(np.arange(len(ds)), held)
+        ds = ds.subset(rows)
+    return ds
 
 
 def collate(items: Sequence[tuple[Tensor, dict]]) -> Batch:

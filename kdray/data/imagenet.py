@@ -3,6 +3,11 @@
 Expected under a data root: ``imagenet/train/<wnid>/*.JPEG`` and ``imagenet/val/<wnid>/*.JPEG``
 (1000 class folders each; labels are the sorted wnids, as ImageFolder). Nothing is downloaded:
 the images need an image-net.org account.
+
+Splits: ``train`` (folder ``train``), ``test`` (folder ``val``: the ILSVRC-2012 val images, the
+split the literature reports) and ``val``, carved from ``train`` by the registry
+(`kdray.data.registry.with_carved_val`: a fixed 10% of each class) for searches, so that no search
+is scored on the reported split.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from kdray.data.base import DataNotFoundError, ImageDataset, data_roots
 if TYPE_CHECKING:
     from kdray.config import DataConfig
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "test")
+#: folder of each split read from disk (`val` is carved from train, see the module docstring)
+FOLDERS = {"train": "train", "test": "val"}
 NUM_CLASSES = 1000
 _EXTS = (".jpeg", ".jpg", ".png")
 
@@ -32,13 +39,15 @@ def _how(cfg: DataConfig) -> str:
 
 
 def locate(cfg: DataConfig, splits: Sequence[str] = SPLITS) -> Path:
-    """The `imagenet` folder that has every requested split as a folder of class folders."""
+    """The `imagenet` folder that has the folder of every requested split (FOLDERS; the carved
+    `val` needs `train`) as a folder of class folders."""
     looked = []
+    names = sorted({FOLDERS.get(s, "train") for s in splits or SPLITS})
     for root in data_roots(cfg):
         folder = root / "imagenet"
-        if all((folder / s).is_dir() and any(os.scandir(folder / s)) for s in splits or SPLITS):
+        if all((folder / s).is_dir() and any(os.scandir(folder / s)) for s in names):
             return folder
-        looked += [folder / s for s in splits or SPLITS]
+        looked += [folder / s for s in names]
     raise DataNotFoundError("imagenet", looked, _how(cfg))
 
 
@@ -60,7 +69,8 @@ class ImageNet(ImageDataset):
 
 
 def build(cfg: DataConfig, split: str) -> ImageNet:
-    ds = ImageNet(locate(cfg, [split]) / split)
+    """`train` or `test` (the ILSVRC val folder); the registry adds the carved `val`."""
+    ds = ImageNet(locate(cfg, [split]) / FOLDERS[split])
     if len(ds.classes) != NUM_CLASSES:
         raise DataNotFoundError("imagenet", [ds.folder], f"expected {NUM_CLASSES} class folders, "
                                 f"found {len(ds.classes)}; " + _how(cfg))

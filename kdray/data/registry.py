@@ -41,10 +41,11 @@ def with_carved_val(build: Callable[[DataConfig, str], ImageDataset]
     return build_fn
 
 
-#: datasets whose `val` split is carved from `train` (no val split of their own)
-CARVED_VAL = ("cifar10", "cifar100", *(f"fscil_{n}" for n in
-                                       ("cifar100", "cifar10", "synthetic", "mini_imagenet",
-                                        "cub200")))
+#: datasets whose `val` split is carved from `train` (no val split of their own, or one that is
+#: the reported split: imagenet's ILSVRC val and COCO's val2017 are their `test`)
+CARVED_VAL = ("cifar10", "cifar100", "imagenet", *detection_data.SPECS,
+              *(f"fscil_{n}" for n in ("cifar100", "cifar10", "synthetic", "mini_imagenet",
+                                       "cub200")))
 
 
 def _cifar_spec(name: str, splits: tuple[str, ...], build: Callable) -> DatasetSpec:
@@ -75,7 +76,8 @@ DATASETS: dict[str, DatasetSpec] = {
         mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1], native_size=84,
         eval_crop=0.875),  # resize to size / 0.875, centre-crop (SMKD: 256 -> 224)
     "imagenet": DatasetSpec(
-        name="imagenet", splits=imagenet.SPLITS, build=imagenet.build, locate=imagenet.locate,
+        name="imagenet", splits=imagenet.SPLITS, build=with_carved_val(imagenet.build),
+        locate=imagenet.locate,
         num_classes=imagenet.num_classes, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1],
         native_size=224, eval_crop=0.875),  # DeiT: resize 256, centre-crop 224
 }

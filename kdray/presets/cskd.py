@@ -50,7 +50,7 @@ def _imagenet(arch: str, batch: int, lr: float) -> dict[str, Any]:
         "optim.name": "adamw", "optim.lr": lr, "optim.weight_decay": 0.05,
         "optim.schedule": "cosine", "optim.warmup_epochs": 5.0, "optim.min_lr": 1e-5,
         "train.epochs": 300, "train.amp": "auto", "train.log_every": 50,
-        "eval.kind": "top1", "eval.split": "val", "eval.batch_size": 256,
+        "eval.kind": "top1", "eval.split": "test", "eval.batch_size": 256,
         "resources.num_workers": 8, "resources.gpus_per_worker": 1.0,
         "resources.cpus_per_worker": 10,
     }

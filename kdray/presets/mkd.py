@@ -38,7 +38,7 @@ SMOKE: dict[str, Any] = {
     "optim.name": "sgd", "optim.lr": 0.01, "optim.momentum": 0.9, "optim.weight_decay": 1e-4,
     "optim.schedule": "constant", "optim.clip_grad": 35.0,
     "train.epochs": 2, "train.steps_per_epoch": 3, "train.log_every": 2,
-    "eval.kind": "coco", "eval.split": "val", "eval.max_items": 8, "eval.batch_size": 4,
+    "eval.kind": "coco", "eval.split": "test", "eval.max_items": 8, "eval.batch_size": 4,
     "resources.cpus_per_worker": 1,
 }
 SMOKE_TEACHER: dict[str, Any] = {**ALONE, "model.arch": "resnet34", "model.teacher_arch": "",
@@ -54,7 +54,7 @@ def _coco(student: str) -> dict[str, Any]:
         "optim.schedule": "step", "optim.milestones": (16.0, 22.0), "optim.gamma": 0.1,
         "optim.warmup_epochs": 0.07, "optim.min_lr": 0.0, "optim.clip_grad": 35.0,
         "train.epochs": 24, "train.amp": "auto", "train.log_every": 50,
-        "eval.kind": "coco", "eval.split": "val", "eval.batch_size": 4,
+        "eval.kind": "coco", "eval.split": "test", "eval.batch_size": 4,
         "resources.num_workers": 8, "resources.gpus_per_worker": 1.0,
         "resources.cpus_per_worker": 6,
     }

@@ -66,7 +66,7 @@ IMAGENET: dict[str, Any] = {
     "data.augment": "basic", "data.global_scale": (0.08, 1.0), "data.loader_workers": 8,
     "model.arch": "resnet18", "model.teacher_arch": "resnet34", **_SGD,
     "optim.lr": 0.1, "optim.milestones": (30.0, 60.0, 90.0), "train.epochs": 100,
-    "train.log_every": 100, "method_cfg.w_ce": 1.0, "eval.kind": "top1", "eval.split": "val",
+    "train.log_every": 100, "method_cfg.w_ce": 1.0, "eval.kind": "top1", "eval.split": "test",
     "resources.num_workers": 8, "resources.gpus_per_worker": 1.0,
     "resources.cpus_per_worker": 10,
 }

@@ -163,6 +163,7 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
 
 def study_stage(study: Study, args: Any, cfg: ExperimentConfig, suffix: str) -> StageResult:
     """`run_stage` from a study's `before` hook: stage "<study>-<suffix>", tracked in the study's
-    MLflow experiment, stored and run where the study's flags (`args`) say."""
-    return run_stage(cfg, f"{study.name}-{suffix}", storage_path=args.storage_path,
+    MLflow experiment, stored and run where the study's flags (`args`) say; `cfg` as
+    `Study.stage_config` makes it (the carved val left out when the study searches)."""
+    return run_stage(study.stage_config(cfg), f"{study.name}-{suffix}", storage_path=args.storage_path,
                      tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)

@@ -163,13 +163,26 @@ class Study:
 
     def search_base(self, search_row: str | None = None) -> ExperimentConfig:
         """The config the search starts from: `report_base` evaluated on val, never test. A dataset
-        without a val split of its own (kdray.data.CARVED_VAL) uses the val carved from train,
-        which training then leaves out (data.holdout_val)."""
+        without a val split of its own, or whose own val is the reported split (imagenet, coco:
+        kdray.data.CARVED_VAL), uses the val carved from train, which training then leaves out
+        (data.holdout_val)."""
         from kdray.data.registry import CARVED_VAL
 
         base = self.report_base(search_row)
         return base.override({"eval.split": SELECT_SPLIT,
                               "data.holdout_val": base.data.dataset in CARVED_VAL})
+
+    def stage_config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """A stage's config (teacher, phase 1, stage 1: what trials start from or distil from) as
+        trained for this study: when the study searches and the stage's dataset carves its val
+        from train (CARVED_VAL), the stage leaves the carved images out too (data.holdout_val), so
+        searched trials are not scored on images their starting point trained on. Rows then start
+        from the same stage."""
+        from kdray.data.registry import CARVED_VAL
+
+        if self.space and cfg.data.dataset in CARVED_VAL:
+            return cfg.override({"data.holdout_val": True})
+        return cfg
 
     def searched_best(self, trials: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
         """The best of searched trial records by `select_key` (val), or None. A trial record
@@ -224,11 +237,14 @@ def with_resources(study: Study, *, workers_per_trial: int | None = None,
 def split_note(base: ExperimentConfig) -> str:
     """A sentence for a study description: which split rows and searched trials are scored on."""
     from kdray.data.base import HOLDOUT_FRACTION
+    from kdray.data.coco import SPECS as DETECTION
     from kdray.data.registry import CARVED_VAL
 
     ds = base.data.dataset
-    carved = (f" ({ds} has no val split: val is carved from train, a fixed {HOLDOUT_FRACTION:.0%}"
-              " of each class, which searched trials do not train on)") if ds in CARVED_VAL else ""
+    share = "of the training images" if ds in DETECTION else "of each class"
+    carved = (f" ({ds} has no val split apart from the reported one: val is carved from train, a "
+              f"fixed {HOLDOUT_FRACTION:.0%} {share}, which searched trials and the stages they "
+              "start from do not train on)") if ds in CARVED_VAL else ""
     return (f"Rows and '{BEST_LABEL}' (the val-selected point re-run with every seed) are scored "
             f"on {base.eval.split}; searched trials are scored, stopped and selected on val "
             f"only{carved}.")
