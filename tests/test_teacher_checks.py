@@ -143,3 +143,19 @@ def test_teacher_metrics_over_two_ranks_equal_the_single_process(tmp_path):
         got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         for k in ("test/top1", "test/agreement", "test/teacher_top1", "test/n_images"):
             assert got[k] == single[k], k
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "sskd", "cskd", "ce", "smkd"])
+def test_teacher_logits_hook_of_every_teacher_kind(name, tmp_path):
+    """Frozen classifier teachers give (B, num_classes) logits (CSKD: its CNN's pooled output);
+    methods without one (CE, the EMA self-distillation of SMKD) give None."""
+    from test_methods import NUM_CLASSES, tiny_batch, tiny_config
+
+    cfg = tiny_config(name, tmp_path)
+    method = build_method(cfg, NUM_CLASSES).eval()
+    x = tiny_batch(cfg).views[0]
+    t = method.teacher_logits(x)
+    if name in ("ce", "smkd"):
+        assert t is None
+    else:
+        assert t.shape == (len(x), NUM_CLASSES) and torch.isfinite(t).all()
