@@ -47,7 +47,7 @@ def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str,
 
 def teacher_cell(m: dict[str, Any]) -> str:
     """A classifier teacher's checks from a trial's split-free metrics: its top-1 on the split
-    (measured once, before distillation), its registry card's top-1 with "!" when they differ by
+    (measured once, at the first evaluation; the teacher is frozen), its registry card's top-1 with "!" when they differ by
     more than CARD_TOLERANCE points, and the teacher-student agreement of the final evaluation,
     e.g. "teacher 48.9% (card 61.0%!), agree 73.1%"; '' without a classifier teacher."""
     t = m.get("teacher_top1")
@@ -124,8 +124,8 @@ def check_notes(checks: list[tuple[str, str]]) -> list[str]:
     notes = {"health": "health: the self-distillation target at the last epoch (train/ "
                        "t_entropy, t_one_prototype): ok, collapsed (uniform) or collapsed (one "
                        "prototype).",
-             "teacher": "teacher: the frozen teacher's top-1 on the split, measured once before "
-                        f"distillation (card: its registry card's top-1, ! = more than "
+             "teacher": "teacher: the frozen teacher's top-1 on the split, measured once at "
+                        f"the first evaluation (card: its registry card's top-1, ! = more than "
                         f"{CARD_TOLERANCE:g} point apart); agree: % of images where teacher and "
                         "student argmax agree at the final evaluation."}
     return ["", *(notes[k] for _, k in checks)] if checks else []
