@@ -1,5 +1,6 @@
 """Teacher-health signals: the collapse flag fires on a uniform or one-prototype teacher and stays
-off on a healthy one; SMKD and M2SD log them with their loss terms."""
+off on a healthy one; SMKD and M2SD log them with their loss terms; the results table shows the
+verdict (and a classifier teacher's checks) per trial and per setting."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import math
 import pytest
 import torch
 
+from kdray.config import ExperimentConfig
 from kdray.modules.health import collapse_flag, teacher_health
+from kdray.study import Row, Study
+from kdray.study.table import summarize_rows, write_results_md
 
 
 def test_uniform_teacher_is_flagged():
@@ -52,3 +56,35 @@ def test_self_distillation_methods_log_teacher_health(name, tmp_path):
     out = build_method(cfg, NUM_CLASSES).train()(tiny_batch(cfg), Step(it=0, epoch=0, total_its=4))
     assert {"t_entropy", "t_maxprob", "t_one_prototype"} <= set(out)
     assert 0.0 <= out["t_entropy"].item() <= 1.0 + 1e-6
+
+
+def _trial(label: str, seed: int, metrics: dict) -> dict:
+    return {"label": label, "seed": seed, "params": {}, "status": "finished", "run_id": None,
+            "metrics": {"test/top1": 50.0 + seed, "epoch": 1, **metrics}}
+
+
+def test_rendered_table_shows_collapse_and_teacher_checks(tmp_path):
+    """Synthetic trial records: a uniform-teacher trial reads "collapsed (uniform)", a healthy one
+    "ok", a trial without a self-distillation target none; a KD trial its teacher cell."""
+    study = Study(name="h", base=ExperimentConfig(), metric="top1", rows=(Row("A", {}),),
+                  columns=(("top-1", "top1"),))
+    uniform = {"train/t_entropy": 0.999, "train/t_maxprob": 0.01, "train/t_one_prototype": 0.0}
+    healthy = {"train/t_entropy": 0.41, "train/t_maxprob": 0.62, "train/t_one_prototype": 0.0}
+    kd = {"test/teacher_top1": 48.9, "test/teacher_card_top1": 61.0, "test/agreement": 73.1}
+    trials = [_trial("smkd", 0, uniform), _trial("smkd", 1, healthy), _trial("ce", 0, {}),
+              _trial("kd", 0, kd)]
+    text = write_results_md(study, summarize_rows(study, trials), str(tmp_path / "h.md"),
+                            header={})
+    assert "| setting | seed | split | top-1 | health | teacher | paper |" in text
+    line = {(ln.split("|")[1].strip(), ln.split("|")[2].strip()): ln.split("|")
+            for ln in text.splitlines() if ln.startswith("| ") and "|---" not in ln}
+    assert line[("smkd", "0")][5].strip() == "collapsed (uniform)"
+    assert line[("smkd", "1")][5].strip() == "ok"
+    assert line[("ce", "0")][5].strip() == "–" and line[("ce", "0")][6].strip() == "–"
+    assert line[("kd", "0")][6].strip() == "teacher 48.9% (card 61.0%!), agree 73.1%"
+    summary = text.split("Per setting over its seeds")[1]
+    assert "| setting | n | top-1 | health |" in summary
+    assert "| smkd | 2 | 50.50 ± 0.71 | collapsed (uniform) 1/2, ok 1/2 |" in summary
+    plain = write_results_md(study, summarize_rows(study, [_trial("ce", 0, {})]),
+                             str(tmp_path / "p.md"), header={})
+    assert "health" not in plain and "teacher" not in plain  # no check, no column

@@ -89,6 +89,13 @@ class Method(nn.Module):
         """(B, C, H, W) -> (B, num_classes) logits used by the top-1 evaluator."""
         return unwrap(self.student)(x).logits
 
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> Tensor | None:
+        """(B, C, H, W) -> (B, num_classes) logits of a frozen classifier teacher, or None for
+        methods without one; the top-1 evaluator reports the teacher's top-1 and the
+        teacher-student agreement from them."""
+        return None
+
     # ------------------------------------------------------------------ checkpoints
     def init_from_checkpoint(self, path: str) -> None:
         """Start from the model weights of a kdray checkpoint (`train.init_from`)."""

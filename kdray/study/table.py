@@ -12,18 +12,23 @@ import re
 import subprocess
 from typing import Any
 
+from kdray.modules.health import collapse_flag
 from kdray.study import stats
 from kdray.study.spec import BEST_LABEL, Study
 
 _FEWSHOT = re.compile(r"(?:^|/)acc_(\d+)w(\d+)s(?:_(\w+))?$")  # val/acc_5w1s[_classifier]
 N_IMAGES = "n_images"  # evaluated images, logged next to top1 (e.g. val/n_images)
+CARD_TOLERANCE = 1.0  # top-1 points a teacher's measured accuracy may differ from its card's
+CHECKS = (("health", "health"), ("teacher", "teacher"))  # (column, row key) of the health checks
 
 
 def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One table row per trial: label, seed, searched params, metric columns, run id, status.
     `metrics` holds the trial's split-free column values (from `<split>/<name>`, the split it
     evaluated: test for rows, val for searched trials), `split` that split; few-shot trials also
-    carry their episode records and evaluation classifiers."""
+    carry their episode records and evaluation classifiers. `health` is the collapse verdict of a
+    self-distillation target from the final train/ metrics, `teacher` the classifier teacher's
+    cell (`teacher_cell`); both '' for methods without one."""
     rows = []
     for t in trials:
         raw = t.get("metrics") or {}
@@ -35,8 +40,30 @@ def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str,
                      "params": t.get("params", {}), "metrics": m, "run_id": t.get("run_id"),
                      "status": t.get("status"), "paper": t.get("paper", ""),
                      "epochs": m.get("epoch"), "episodes": t.get("episodes"),
-                     "classifiers": list(classifiers)})
+                     "classifiers": list(classifiers), "health": collapse_flag(raw),
+                     "teacher": teacher_cell(m)})
     return rows
+
+
+def teacher_cell(m: dict[str, Any]) -> str:
+    """A classifier teacher's checks from a trial's split-free metrics: its top-1 on the split
+    (measured once, at the first evaluation; the teacher is frozen), its registry card's top-1 with "!" when they differ by
+    more than CARD_TOLERANCE points, and the teacher-student agreement of the final evaluation,
+    e.g. "teacher 48.9% (card 61.0%!), agree 73.1%"; '' without a classifier teacher."""
+    t = m.get("teacher_top1")
+    if not _finite(t):
+        return ""
+    cell = f"teacher {t:.1f}%"
+    card = m.get("teacher_card_top1")
+    if _finite(card):
+        cell += f" (card {card:.1f}%{'!' if abs(t - card) > CARD_TOLERANCE else ''})"
+    agree = m.get("agreement")
+    return cell + (f", agree {agree:.1f}%" if _finite(agree) else "")
+
+
+def _checks(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The health-check columns some row has a value for."""
+    return [(h, k) for h, k in CHECKS if any(r.get(k) for r in rows)]
 
 
 def fmt_ci(m: dict[str, Any], key: str) -> str:
@@ -63,23 +90,26 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
                      header: dict[str, str]) -> str:
     """results/<study>.md: one row per trial, mean ± 95% CI, the paper's number, MLflow run id."""
     cols = list(study.columns) or [(study.metric, study.metric)]
+    checks = _checks(rows)
     lines = [f"# {study.name}", ""]
     if study.description:
         lines += [study.description, ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines.append(f"- ledger: [results/LEDGER.md#{study.name}](LEDGER.md#{study.name})")
-    lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols)
+    lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols + checks)
               + " | paper | epochs | status | MLflow run |",
-              "|---" * (len(cols) + 7) + "|"]
+              "|---" * (len(cols) + len(checks) + 7) + "|"]
     for r in rows:
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
         label = r["label"] + (f" ({params})" if params else "")
         lines.append(f"| {label} | {r['seed']} | {r.get('split', '–')} | "
-                     + " | ".join(fmt_ci(r["metrics"], k) for _, k in cols)
+                     + " | ".join([*(fmt_ci(r["metrics"], k) for _, k in cols),
+                                   *(r.get(k) or "–" for _, k in checks)])
                      + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {r['status']} | "
                      f"`{r['run_id'] or '–'}` |")
     if any(fmt_ci(r["metrics"], k).endswith("]") for r in rows for _, k in cols):
         lines += ["", "top-1 of a single run: [95% Wilson interval over its evaluated images]."]
+    lines += check_notes(checks)
     lines += row_summary(study, rows, cols)
     lines.append("")
     text = "\n".join(lines)
@@ -87,6 +117,18 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def check_notes(checks: list[tuple[str, str]]) -> list[str]:
+    """What the health-check columns mean, under the table that shows them."""
+    notes = {"health": "health: the self-distillation target at the last epoch (train/ "
+                       "t_entropy, t_one_prototype): ok, collapsed (uniform) or collapsed (one "
+                       "prototype).",
+             "teacher": "teacher: the frozen teacher's top-1 on the split, measured once at "
+                        f"the first evaluation (card: its registry card's top-1, ! = more than "
+                        f"{CARD_TOLERANCE:g} point apart); agree: % of images where teacher and "
+                        "student argmax agree at the final evaluation."}
+    return ["", *(notes[k] for _, k in checks)] if checks else []
 
 
 def row_summary(study: Study, rows: list[dict[str, Any]],
@@ -106,16 +148,18 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
     base = groups.get(base_label or "", [])
     heads = dict((k, h) for h, k in cols)
     compared = [(heads.get(k, k), k) for k in study.compared] if base_label else []
+    health = [h for h, _ in _checks([r for g in groups.values() for r in g]) if h == "health"]
     about = (f"; Δ = row − baseline `{base_label}`, 95% CI, paired per (seed, episode) for "
              f"few-shot accuracy, else per seed (t-interval, none below {stats.MIN_N} seeds); "
              "* = CI excludes 0" if compared else "")
     out = ["", "Per setting over its seeds that ran to the end: mean ± sample std, "
            f"n seeds{about}.", "",
-           "| " + " | ".join(["setting", "n", *(h for h, _ in cols),
+           "| " + " | ".join(["setting", "n", *(h for h, _ in cols), *health,
                               *(f"Δ {h} [95% CI]" for h, _ in compared), "paper"]) + " |",
-           "|---" * (len(cols) + len(compared) + 3) + "|"]
+           "|---" * (len(cols) + len(health) + len(compared) + 3) + "|"]
     for label, g in groups.items():
         cells = [_mean_std_cell([r["metrics"].get(k) for r in g]) for _, k in cols]
+        cells += [_verdicts([r.get("health") or "" for r in g]) for _ in health]
         deltas = ["baseline" if label == base_label else _delta_cell(g, base, k)
                   for _, k in compared]
         out.append(f"| {label} | {len(g)} | " + " | ".join(cells + deltas)
@@ -125,6 +169,15 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
 
 def _finite(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def _verdicts(flags: list[str]) -> str:
+    """One setting's health verdicts over its seeds: "ok", or each with its count when they
+    differ, e.g. "collapsed (uniform) 1/3, ok 2/3"."""
+    counts = {f or "–": flags.count(f) for f in flags}
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{f} {c}/{len(flags)}" for f, c in sorted(counts.items()))
 
 
 def _mean_std_cell(values: list[Any]) -> str:

@@ -211,6 +211,11 @@ class CSKD(Method):
         out = unwrap(self.student)(x)
         return average_heads(out, use_dist=self.mcfg.w_distill > 0, use_dense=self.mcfg.w_cskd > 0)
 
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The CNN teacher's own pooled output (B, C), as it classifies."""
+        return self.teacher.global_logits(x) if self.teacher is not None else None
+
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, dict]:
         """The student only: the frozen teacher is rebuilt from its own source."""

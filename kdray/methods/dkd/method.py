@@ -93,3 +93,7 @@ class DKD(Method):
         weights.update({k: f * w for k, w in weights.items() if k != "ce"})
         return {"loss": weighted_sum(terms, weights), **{k: v.detach() for k, v in terms.items()},
                 "kd_warmup": torch.tensor(f)}
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.teacher(x).logits if self.teacher is not None else None

@@ -64,3 +64,7 @@ class KD(Method):
                  "kd": kl_div(s.logits, t.logits.float(), self.mcfg.tau)}
         return {"loss": weighted_sum(terms, term_weights(self.mcfg, terms)),
                 **{k: v.detach() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x).logits

@@ -249,6 +249,10 @@ class SSKD(Method):
         return kl_div(s_sim.float(), t_sim.float(), self.mcfg.tau_ss, reduction="masked",
                       mask=keep, dim=1)
 
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> Tensor | None:
+        return self.teacher(x).logits if self.teacher is not None else None
+
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_state(self) -> dict[str, dict]:
         """The student only: the frozen teacher is rebuilt from model.teacher_ckpt."""

@@ -1,0 +1,161 @@
+"""Teacher checks of the top-1 evaluator: a classifier teacher's own top-1 on the eval split
+(measured once, next to its registry card's) and its argmax agreement with the student, summed
+over ranks like the student's top-1; the table cell that flags a card mismatch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+from torch.utils.data import TensorDataset
+
+from kdray.config import ExperimentConfig
+from kdray.eval import Top1Evaluator
+from kdray.methods import build_method
+from kdray.modules.backbones import Classifier, build_backbone
+from kdray.modules.teachers import write_card
+from kdray.study.table import teacher_cell
+
+N_IMAGES, N_CLASSES = 101, 6   # odd size: shards of 51 and 50 over two ranks
+
+
+def _data() -> TensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return TensorDataset(torch.randn(N_IMAGES, 3, 16, 16, generator=g),
+                         torch.arange(N_IMAGES) % N_CLASSES)
+
+
+@torch.no_grad()
+def _spread(net: Classifier, seed: int) -> Classifier:
+    """A random head centred on the data's mean feature, so that a random network predicts
+    varied classes (the raw init gives one class for every image)."""
+    torch.manual_seed(seed)
+    net.eval()
+    net.head.weight.copy_(torch.randn_like(net.head.weight))
+    net.head.bias.copy_(-net.head.weight @ net(_data().tensors[0]).feat.mean(0))
+    return net
+
+
+def _teacher_ckpt(tmp: Path, seed: int = 1) -> str:
+    torch.manual_seed(seed)
+    teacher = _spread(Classifier(build_backbone("conv2", image_size=16), N_CLASSES), seed)
+    path = tmp / f"teacher{seed}.pt"
+    torch.save({"model": {"student": teacher.state_dict()}}, path)
+    return str(path)
+
+
+def _kd(ckpt: str, method: str = "kd", **extra) -> tuple[ExperimentConfig, torch.nn.Module]:
+    cfg = ExperimentConfig().override({
+        "method": method, "model.arch": "conv2", "model.teacher_ckpt": ckpt,
+        "data.image_size": 16, "eval.kind": "top1", "eval.batch_size": 16, **extra})
+    torch.manual_seed(0)
+    return cfg, build_method(cfg, N_CLASSES)
+
+
+def _by_hand(method, data: TensorDataset) -> tuple[float, float]:
+    """(agreement, teacher top-1) in percent over the whole dataset."""
+    x, y = data.tensors
+    method.eval()
+    s, t = method.logits(x).argmax(1), method.teacher_logits(x).argmax(1)
+    return 100.0 * (s == t).double().mean().item(), 100.0 * (t == y).double().mean().item()
+
+
+def test_teacher_equal_to_student_agrees_everywhere(tmp_path):
+    cfg, method = _kd(_teacher_ckpt(tmp_path))
+    method.student.load_state_dict(method.teacher.state_dict())
+    m = Top1Evaluator(cfg, _data())(method, "cpu").metrics
+    assert m["test/agreement"] == 100.0
+    assert m["test/teacher_top1"] == m["test/top1"]
+    assert "test/teacher_card_top1" not in m  # no registry card beside the checkpoint
+
+
+def test_agreement_and_teacher_top1_by_hand_teacher_measured_once(tmp_path, monkeypatch):
+    cfg, method = _kd(_teacher_ckpt(tmp_path))
+    _spread(method.student, 0)
+    data, ev = _data(), Top1Evaluator(cfg, _data())
+    first = ev(method, "cpu").metrics
+    agree, t_top1 = _by_hand(method, data)
+    assert 0.0 < agree < 100.0
+    assert first["test/agreement"] == pytest.approx(agree, abs=1e-9)
+    assert first["test/teacher_top1"] == pytest.approx(t_top1, abs=1e-9)
+    # later evaluations: agreement of the new student, the frozen teacher is not run again
+    _spread(method.student, 5)
+    monkeypatch.setattr(method, "teacher_logits", lambda x: pytest.fail("teacher run twice"))
+    second = ev(method, "cpu").metrics
+    monkeypatch.undo()
+    assert second["test/agreement"] == pytest.approx(_by_hand(method, data)[0], abs=1e-9)
+    assert second["test/agreement"] != first["test/agreement"]
+    assert second["test/teacher_top1"] == first["test/teacher_top1"]
+
+
+@pytest.mark.parametrize("name, extra", [("dkd", {}), ("sskd", {"method_cfg.w_ss": 0.0})])
+def test_other_classifier_teachers_report_agreement(tmp_path, name, extra):
+    cfg, method = _kd(_teacher_ckpt(tmp_path), name, **extra)
+    m = Top1Evaluator(cfg, _data())(method, "cpu").metrics
+    agree, t_top1 = _by_hand(method, _data())
+    assert m["test/agreement"] == pytest.approx(agree, abs=1e-9)
+    assert m["test/teacher_top1"] == pytest.approx(t_top1, abs=1e-9)
+
+
+def test_methods_without_a_classifier_teacher_report_no_teacher_metrics():
+    cfg = ExperimentConfig().override({"method": "ce", "model.arch": "conv2",
+                                       "data.image_size": 16, "eval.kind": "top1"})
+    m = Top1Evaluator(cfg, _data())(build_method(cfg, N_CLASSES), "cpu").metrics
+    assert not {"test/agreement", "test/teacher_top1"} & set(m)
+
+
+def test_card_top1_is_logged_and_a_mismatch_is_flagged(tmp_path):
+    ckpt = _teacher_ckpt(tmp_path)
+    write_card(ckpt, arch="conv2", dataset="cifar100", num_classes=N_CLASSES, top1=61.0)
+    cfg, method = _kd(ckpt)
+    m = Top1Evaluator(cfg, _data())(method, "cpu").metrics
+    assert m["test/teacher_card_top1"] == 61.0
+    assert teacher_cell({"teacher_top1": 48.9, "teacher_card_top1": 61.0, "agreement": 73.12}) \
+        == "teacher 48.9% (card 61.0%!), agree 73.1%"
+    assert teacher_cell({"teacher_top1": 60.5, "teacher_card_top1": 61.0}) == \
+        "teacher 60.5% (card 61.0%)"
+    assert teacher_cell({"test/top1": 50.0}) == ""
+
+
+def _worker(rank: int, init: str, out: str, ckpt: str, state: dict) -> None:
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        cfg, method = _kd(ckpt)
+        method.load_state_dict(state)
+        torch.save(Top1Evaluator(cfg, _data())(method, "cpu").metrics, f"{out}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_teacher_metrics_over_two_ranks_equal_the_single_process(tmp_path):
+    ckpt = _teacher_ckpt(tmp_path)
+    cfg, method = _kd(ckpt)
+    _spread(method.student, 0)
+    single = Top1Evaluator(cfg, _data())(method, "cpu").metrics
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    mp.spawn(_worker, args=(f"file://{tmp_path}/init", str(tmp_path), ckpt, state), nprocs=2,
+             join=True)
+    for rank in range(2):
+        got = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        for k in ("test/top1", "test/agreement", "test/teacher_top1", "test/n_images"):
+            assert got[k] == single[k], k
+
+
+@pytest.mark.parametrize("name", ["kd", "dkd", "sskd", "cskd", "ce", "smkd"])
+def test_teacher_logits_hook_of_every_teacher_kind(name, tmp_path):
+    """Frozen classifier teachers give (B, num_classes) logits (CSKD: its CNN's pooled output);
+    methods without one (CE, the EMA self-distillation of SMKD) give None."""
+    from test_methods import NUM_CLASSES, tiny_batch, tiny_config
+
+    cfg = tiny_config(name, tmp_path)
+    method = build_method(cfg, NUM_CLASSES).eval()
+    x = tiny_batch(cfg).views[0]
+    t = method.teacher_logits(x)
+    if name in ("ce", "smkd"):
+        assert t is None
+    else:
+        assert t.shape == (len(x), NUM_CLASSES) and torch.isfinite(t).all()
