@@ -130,7 +130,8 @@ def test_paper_preset_is_the_paper_setting(preset):
 def test_paper_preset_rows_validate_and_pass_method_preflight(preset, tmp_path):
     study = S.build(preset)
     configs = study.validate()
-    assert len(configs) == len(study.rows) + 2               # rows + the space's two corners
+    # rows + the space's two corners on the search base (val) and on the report base (test)
+    assert len(configs) == len(study.rows) + 4
     rows = {r.label: study.trial_config({"row": r.label}).method_cfg for r in study.rows}
     weights = [w.weights for w in rows.values()]
     assert weights == [(1.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (1.0, 1.0, 0.0),

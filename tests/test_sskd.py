@@ -350,7 +350,8 @@ def test_presets_validate_and_pair_specific_recipe(tmp_path):
     for preset in ("smoke", "cifar100"):
         study = mod.build(preset)
         cfgs = study.validate()
-        assert len(cfgs) == len(study.rows) + 2 and all(c.method == "sskd" for c in cfgs)
+        # rows + the two corners of the space on the search (val) and the report (test) base
+        assert len(cfgs) == len(study.rows) + 4 and all(c.method == "sskd" for c in cfgs)
         assert study.rows[-1].label.startswith("SSKD full")
     c100 = mod.build("cifar100")
     assert c100.row("SSKD full (ratio_ss=0.75)").paper == "76.04"
