@@ -15,11 +15,11 @@ def build(preset: str) -> Study:
         "data.root": ROOT, "model.arch": "conv2", "data.batch_size": 32, "train.epochs": 2,
         "train.steps_per_epoch": 3, "eval.shots": "1", "eval.episodes": 20,
         "data.synthetic_classes": 30, "data.synthetic_per_class": 20})
-    return Study(name="tiny_search", base=base, metric="val/acc_5w1s",
+    return Study(name="tiny_search", base=base, metric="acc_5w1s",
                  space={"optim.lr": Float(1e-4, 3e-2, log=True),
                         "method_cfg.label_smoothing": Float(0.0, 0.3)},
                  num_samples=3, grace_period=1, reduction_factor=2,
-                 columns=(("5w1s", "val/acc_5w1s"),))
+                 columns=(("5w1s", "acc_5w1s"),))
 
 
 if __name__ == "__main__":
