@@ -152,10 +152,12 @@ def test_search_persists_optuna_study_reports_and_resumes(tmp_path, synth_root):
     assert "stopped at epoch (ASHA rung)" in table
     assert "search report" in (tmp_path / "results" / "tiny_search.md").read_text()
 
-    def trial_runs():
-        return client.search_runs([exp.experiment_id], "tags.`kdray.role` = 'trial'")
+    def trial_runs(phase="/search/"):
+        runs = client.search_runs([exp.experiment_id], "tags.`kdray.role` = 'trial'")
+        return [r for r in runs if phase in r.data.tags.get("kdray.run_key", "")]
 
     assert len(trial_runs()) == 3
+    assert len(trial_runs("/best/")) == 1  # the val-selected point, re-run on the rows' split
     # Tune's state gone (new storage path): the Optuna study goes on with the missing sample
     run("--storage-path", str(tmp_path / "ray2"), "--resume", "--num-samples", "4")
     again = optuna.load_study(study_name="tiny_search", storage=ourl).trials
