@@ -264,3 +264,12 @@ def test_episode_writer_rejects_incomplete_records(tmp_path: Path) -> None:
     df = pd.read_parquet(tmp_path / "e.parquet")
     assert n == 1 and df["episode_id"].tolist() == [3] and list(df["class_ids"][0]) == []
     assert df["queries"].isna().all() and df["epoch"].isna().all()
+
+
+def test_results_files_name_the_tracking_store_relative_to_the_project(tmp_path, monkeypatch):
+    from kdray.runtime.study_report import portable_uri
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_uri(f"sqlite:///{tmp_path}/runs/mlflow.db") == "sqlite:///runs/mlflow.db"
+    assert portable_uri("sqlite:////elsewhere/m.db") == "sqlite:///m.db"
+    assert portable_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"

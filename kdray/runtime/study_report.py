@@ -5,6 +5,7 @@ table with best.json."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
@@ -30,6 +31,17 @@ def open_study_run(study: Study, tracking_uri: str | None, experiment: str | Non
                                    "kdray.select_metric": study.select_key}, resume=resume)
     return client, exp_id, parent, {"uri": uri, "experiment_id": exp_id,
                                     "parent_run_id": parent}
+
+
+def portable_uri(uri: str) -> str:
+    """A tracking URI as a results file names it: a local sqlite store relative to the working
+    directory (sqlite:///mlflow.db), never an absolute path of the machine that ran the study."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and os.path.isabs(uri[len(prefix):]):
+        path = uri[len(prefix):]
+        rel = os.path.relpath(path)
+        return prefix + (rel if not rel.startswith("..") else os.path.basename(path))
+    return uri
 
 
 def attach_runs(client, exp_id: str, trials: list[dict]) -> None:

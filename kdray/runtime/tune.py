@@ -174,7 +174,8 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     R.mark_failed_runs(client, [t["run_id"] for t in trials
                                 if t["status"] == "error" and t["run_id"]])
     info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
-            "MLflow parent run": f"`{parent}` ({tracking['uri']})", **(header or {})}
+            "MLflow parent run": f"`{parent}` ({R.portable_uri(tracking['uri'])})",
+            **(header or {})}
     rows, path = R.report(study, trials, best, client, parent,
                           os.path.join(results_dir, f"{study.name}.md"), info)
     return StudyResult(rows, parent, path, best)
