@@ -85,6 +85,17 @@ def test_selective_transfer_keeps_exactly_the_expected_rows(rank, ratio, kept):
     assert torch.nonzero(mask).flatten().tolist() == kept
 
 
+def test_selective_transfer_keep_count_is_exact_for_every_two_decimal_ratio():
+    """The number of rows kept is floor(ratio * #wrong) computed in integers: 101 ratios x
+    n = 0..200 wrong rows (plus one correct row), against k * n // 100."""
+    for k in range(101):
+        ratio = float(f"{k / 100:.2f}")
+        for n in range(201):
+            rank = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1, n + 1)])
+            kept = int(L.select_rows(rank, ratio).sum())
+            assert kept == 1 + k * n // 100, (ratio, n, kept)
+
+
 def test_transformed_views():
     x = torch.arange(8.0).view(2, 1, 2, 2).expand(2, 3, 2, 2).contiguous()  # B = 2
     v = L.transformed_views(x, "rotation")

@@ -8,6 +8,8 @@ transformed copy of image b, so its positive (its own source) is normal sample b
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import math
 
 import torch
@@ -119,6 +121,14 @@ def target_rank(scores: Tensor, target: Tensor) -> Tensor:
     return (scores > t).sum(dim=1)
 
 
+def exact_ratio(ratio: float) -> tuple[int, int]:
+    """`ratio` as the decimal fraction it was written as (its shortest repr, e.g. 0.53 -> 53/100,
+    denominators up to 10**6), so floor(ratio * n) is integer arithmetic: a float product is one
+    short for some ratios (0.57 * 100 = 56.99999999999999 in float64; 0.53 * 100 in float32)."""
+    f = Fraction(repr(float(ratio))).limit_denominator(10**6)
+    return f.numerator, f.denominator
+
+
 def select_rows(rank: Tensor, ratio: float) -> Tensor:
     """Selective transfer: all rows with rank 0 plus the floor(ratio * #wrong) wrong rows of
     smallest rank; ties between wrong rows are broken by row order (stable sort).
@@ -131,7 +141,8 @@ def select_rows(rank: Tensor, ratio: float) -> Tensor:
     # all on the device (no host sync per step): a row is kept when its place in the stable
     # order by rank is below the number of rows to keep
     wrong = (rank > 0).sum()
-    keep = (rank.numel() - wrong) + torch.floor(ratio * wrong + 1e-9).long()
+    num, den = exact_ratio(ratio)
+    keep = (rank.numel() - wrong) + torch.div(wrong * num, den, rounding_mode="floor")
     order = torch.sort(rank, stable=True).indices
     place = torch.empty_like(order)
     place[order] = torch.arange(rank.numel(), device=rank.device)
