@@ -8,6 +8,7 @@ import pickle
 import tarfile
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,30 @@ def test_omniglot_vinyals_split_counts(shared: Path) -> None:
         assert ds.classes == lines and len(ds) == 20 * n_cls
         assert np.bincount(ds.targets).tolist() == [20] * n_cls
     assert num_train_classes(ExperimentConfig().override({"data.dataset": "omniglot"})) == 4112
+
+
+def test_omniglot_lake_split_is_background_vs_evaluation(shared: Path) -> None:
+    """Lake et al.'s protocol: train = the 964 images_background characters, test = the 659
+    images_evaluation characters (the two official sets, by the .npz row counts), upright only;
+    val = 5 background alphabets, left out of train only with data.holdout_val."""
+    with np.load(shared / "omniglot" / "images_background.npz") as z:
+        n_bg = z["images"].shape[0]
+    with np.load(shared / "omniglot" / "images_evaluation.npz") as z:
+        n_ev, first_eval = z["images"].shape[0], z["images"][0, 0]
+    assert (n_bg, n_ev) == (964, 659)
+    d = cfg_of(dataset="omniglot_lake", root=str(shared)).data
+    train, val, test = (build_dataset(d, s) for s in ("train", "val", "test"))
+    assert (len(train.classes), len(val.classes), len(test.classes)) == (964, 152, 659)
+    assert len(test) == 659 * 20 and all(c.endswith("/rot000") for c in train.classes + test.classes)
+    alpha = lambda ds: {c.split("/")[0] for c in ds.classes}  # noqa: E731
+    assert len(alpha(train)) == 30 and len(alpha(test)) == 20 and not alpha(train) & alpha(test)
+    assert set(val.classes) <= set(train.classes) and len(alpha(val)) == 5
+    # test class 0, drawer 0 is row 0 of images_evaluation.npz (True = white background)
+    assert test.classes[0] == "Angelic/character01/rot000"
+    assert np.array_equal(np.asarray(test.load(0))[..., 0] == 255, first_eval)
+    held = build_dataset(replace(d, holdout_val=True), "train")
+    assert len(held.classes) == 964 - 152 and not set(held.classes) & set(val.classes)
+    assert num_train_classes(ExperimentConfig().override({"data.dataset": "omniglot_lake"})) == 964
 
 
 def test_omniglot_rotation_and_image_format(shared: Path) -> None:

@@ -1,4 +1,6 @@
-"""Omniglot (Lake et al., Science 2015) with the Vinyals et al. (2016) few-shot split.
+"""Omniglot (Lake et al., Science 2015) with the Vinyals et al. (2016) few-shot split
+(`omniglot`) or Lake et al.'s original background / evaluation split (`omniglot_lake`, see
+`lake_classes`).
 
 A class is a character at one of four rotations (0/90/180/270 degrees, counter-clockwise); the
 split lists ``splits/omniglot_vinyals/{train,val,test,trainval}.txt`` name the classes as
@@ -165,3 +167,39 @@ def build(cfg: DataConfig, split: str) -> Omniglot:
 
 def num_classes(cfg: DataConfig, split: str) -> int:
     return len(split_classes(split))
+
+
+# ----------------------------------------------------------- Lake et al.'s original protocol
+LAKE_SPLITS = ("train", "val", "test")
+#: background alphabets whose characters form the carved `val` split of `omniglot_lake`: every
+#: 6th of the 30 (alphabets.csv order), 152 characters
+LAKE_VAL_ALPHABETS = ("Blackfoot_(Canadian_Aboriginal_Syllabics)", "Futurama",
+                      "Inuktitut_(Canadian_Aboriginal_Syllabics)", "Mkhedruli_(Georgian)",
+                      "Tifinagh")
+
+
+@functools.cache
+def lake_classes(split: str, holdout_val: bool = False) -> tuple[str, ...]:
+    """Classes of `omniglot_lake`: `train` = the 964 `images_background` characters (Lake et al.
+    2015's background set; without the `val` alphabets when `holdout_val`), `test` = the 659
+    `images_evaluation` characters, `val` = the characters of LAKE_VAL_ALPHABETS (carved from the
+    background set, as kdray carves val elsewhere). Upright drawings only (`rot000`): the
+    original protocol has no rotated classes."""
+    rows = _npz_rows()
+    chars = sorted(rows, key=lambda c: rows[c])
+    if split == "test":
+        return tuple(f"{c}/rot000" for c in chars if rows[c][0] == 1)
+    background = [c for c in chars if rows[c][0] == 0]
+    is_val = [c.split("/")[0] in LAKE_VAL_ALPHABETS for c in background]
+    if split == "val":
+        return tuple(f"{c}/rot000" for c, v in zip(background, is_val) if v)
+    return tuple(f"{c}/rot000" for c, v in zip(background, is_val) if not (v and holdout_val))
+
+
+def build_lake(cfg: DataConfig, split: str) -> Omniglot:
+    kind, folder = locate(cfg)
+    return Omniglot(kind, folder, lake_classes(split, cfg.holdout_val))
+
+
+def lake_num_classes(cfg: DataConfig, split: str) -> int:
+    return len(lake_classes(split, cfg.holdout_val))

@@ -43,7 +43,7 @@ def with_carved_val(build: Callable[[DataConfig, str], ImageDataset]
 
 #: datasets whose `val` split is carved from `train` (no val split of their own, or one that is
 #: the reported split: imagenet's ILSVRC val and COCO's val2017 are their `test`)
-CARVED_VAL = ("cifar10", "cifar100", "imagenet", *detection_data.SPECS,
+CARVED_VAL = ("cifar10", "cifar100", "imagenet", "omniglot_lake", *detection_data.SPECS,
               *(f"fscil_{n}" for n in ("cifar100", "cifar10", "synthetic", "mini_imagenet",
                                        "cub200")))
 
@@ -64,6 +64,10 @@ DATASETS: dict[str, DatasetSpec] = {
         name="omniglot", splits=omniglot.SPLITS, build=omniglot.build, locate=omniglot.locate,
         num_classes=omniglot.num_classes, mean=omniglot.STATS[0], std=omniglot.STATS[1],
         native_size=omniglot.SIDE, flip=False),  # a mirrored character is another character
+    "omniglot_lake": DatasetSpec(
+        name="omniglot_lake", splits=omniglot.LAKE_SPLITS, build=omniglot.build_lake,
+        locate=omniglot.locate, num_classes=omniglot.lake_num_classes, mean=omniglot.STATS[0],
+        std=omniglot.STATS[1], native_size=omniglot.SIDE, flip=False),
     "cifar10": _cifar_spec("cifar10", ("train", "val", "test"),
                            with_carved_val(cifar.build_cifar10)),
     "cifar100": _cifar_spec("cifar100", ("train", "val", "test"),
