@@ -5,6 +5,7 @@ first as tracked stages and registered with a card (checksum, arch, dataset, acc
 Writes results/sskd_ablation_<preset>.md.
 
     python studies/sskd_ablation.py --preset smoke      # CIFAR-10, conv4 -> conv2, CPU, minutes
+    python studies/sskd_ablation.py --preset mini       # CIFAR-10, resnet20 -> resnet8, 3 seeds, <1 h CPU
     python studies/sskd_ablation.py --preset cifar100   # WRN-40-2 -> WRN-16-2, 240 epochs
     python studies/sskd_ablation.py --preset cifar100 --set model.teacher_arch=resnet32x4 \
         --set model.arch=shufflenetv1                   # any pair of the paper's table
@@ -26,10 +27,11 @@ from kdray.study import Study, split_note
 
 def build(preset: str) -> Study:
     return Study.from_preset(
-        "sskd_ablation", preset, method="sskd", overrides=P.PRESETS[preset], rows=P.ROWS,
+        "sskd_ablation", preset, method="sskd", overrides=P.PRESETS[preset],
+        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)),
         paper=lambda key, base: P.paper_number(key, base.model.teacher_arch, base.model.arch,
                                                preset),
-        space=P.SPACE, budget=P.BUDGET[preset], metric="top1",
+        space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",
         columns=(("top-1", "top1"), ("top-5", "top5")),
         description=lambda base: "SSKD (CNN teacher -> CNN student): ablation ladder, then a TPE "
                     "search. " + split_note(base) + " Paper column: CIFAR-100 top-1 of the same "
@@ -44,7 +46,7 @@ def with_teacher(study: Study, args) -> Study:
     if base.optim.lr == float(P.PRESETS[preset]["optim.lr"]):  # not set on the command line
         base = base.override({"optim.lr": P.lr_for(s_arch, preset)})
     rows = tuple(replace(r, paper=P.paper_number(k, t_arch, s_arch, preset))
-                 for r, (_, k, _) in zip(study.rows, P.ROWS))
+                 for r, (_, k, _) in zip(study.rows, P.rows_for(preset)))
     study = replace(study, base=base, rows=rows)
     given = base.model.teacher_ckpt
     if given and teacher_states(given)[1] is not None:

@@ -6,6 +6,14 @@ teacher classifier (method `ce`), T2 the teacher's SS module on the frozen teach
   teacher -> conv2 student (the kdray few-shot ConvNets) at 16 px, CPU, ~8 minutes on 2 cores:
   T1 2 x 80 steps of 128 images, T2 1 x 20 steps, rows 2 x 50 steps of 64 images x 4 views,
   evaluation on 1,000 evenly spaced test images. (At 32 px and 20 student steps every row stayed near 20% top-1.)
+- `mini`: evidence on real data within an hour on 2 CPU cores: CIFAR-10 (the JPEG copy in
+  ../shared/data), 32 px, the paper's resnet56 -> resnet20 family narrowed to resnet20 ->
+  resnet8 (1 block per stage; resnet56 trains at ~70 img/s here, resnet20 at ~200). T1: 4 x 375
+  steps of 128 images (~3.8 epochs, SGD lr 0.1, x0.1 after 3); T2: 1 x 150 steps; rows CE / KD /
+  SSKD x seeds 0,1,2: 2 x 250 steps of 64 images x 4 views (~0.64 epoch, lr 0.05, x0.1 after
+  1.5), two trials at a time, one core each; all 10,000 test images. No search. What differs
+  from the paper's recipe: CIFAR-10 not CIFAR-100, 0.64 epoch instead of 240, the narrowed
+  pair; so the paper column carries the CIFAR-100 resnet56 -> resnet20 cells, labelled.
 - `cifar100`: the official recipe (docs/methods/sskd.md §3.4): SGD momentum 0.9, weight decay 5e-4, batch
   64 images x 4 views; T1 and S 240 epochs lr 0.05 (0.01 for MobileNet/ShuffleNet students or
   teachers) x0.1 at 150/180/210; T2 60 epochs lr 0.05 x0.1 at 30/45. Default pair WRN-40-2 ->
@@ -70,18 +78,32 @@ IMAGENET: dict[str, Any] = {
     "resources.num_workers": 8, "resources.gpus_per_worker": 1.0,
     "resources.cpus_per_worker": 10,
 }
-PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "cifar100": CIFAR100, "imagenet": IMAGENET}
+MINI: dict[str, Any] = {
+    "method": "sskd", "data.dataset": "cifar10", "data.root": str(SHARED_DATA),
+    "data.image_size": 32, "data.batch_size": 64, "data.augment": "basic",
+    "model.arch": "resnet8", "model.teacher_arch": "resnet20", **_SGD, "optim.lr": 0.05,
+    "optim.milestones": (1.5,), "train.epochs": 2, "train.steps_per_epoch": 250,
+    "train.log_every": 25, "eval.kind": "top1", "eval.split": "test", "eval.max_items": 0,
+    "resources.cpus_per_worker": 1,
+}
+PRESETS: dict[str, dict[str, Any]] = {"smoke": SMOKE, "mini": MINI, "cifar100": CIFAR100,
+                                      "imagenet": IMAGENET}
 
 # Stage recipes on top of a preset (the teacher architecture is filled in by the study).
 TEACHER: dict[str, dict[str, Any]] = {
     "smoke": {"method": "ce", "train.epochs": 2, "train.steps_per_epoch": 80,
               "data.batch_size": 128, "resources.cpus_per_worker": 2, "eval.max_items": 0},
+    "mini": {"method": "ce", "train.epochs": 4, "train.steps_per_epoch": 375,
+             "data.batch_size": 128, "optim.lr": 0.1, "optim.milestones": (3.0,),
+             "resources.cpus_per_worker": 2},
     "cifar100": {"method": "ce"},
     "imagenet": {"method": "ce"},
 }
 SS_HEAD: dict[str, dict[str, Any]] = {
     "smoke": {"method": "sskd_teacher", "train.epochs": 1, "train.steps_per_epoch": 20,
               "optim.milestones": (), "eval.max_items": 0},
+    "mini": {"method": "sskd_teacher", "train.epochs": 1, "train.steps_per_epoch": 150,
+             "optim.milestones": (), "resources.cpus_per_worker": 2},
     "cifar100": {"method": "sskd_teacher", "train.epochs": 60, "optim.milestones": (30.0, 45.0)},
     "imagenet": {"method": "sskd_teacher", "train.epochs": 30, "optim.milestones": (10.0, 20.0)},
 }
@@ -118,10 +140,12 @@ def paper_number(key: str, teacher: str, student: str, preset: str) -> str:
     pair = (teacher, student)
     if pair not in PAPER and preset == "smoke":
         pair = ("wrn_40_2", "wrn_16_2")  # smoke: the default CIFAR-100 pair, for scale
+    if pair not in PAPER and preset == "mini":
+        pair = ("resnet56", "resnet20")  # mini: the family it narrows
     if key not in _COLUMN or pair not in PAPER:
         return ""
     value = PAPER[pair][_COLUMN[key]]
-    return value if preset != "smoke" else f"C100 {pair[0]}->{pair[1]} {value}"
+    return value if preset not in ("smoke", "mini") else f"C100 {pair[0]}->{pair[1]} {value}"
 
 
 _M = "method_cfg."
@@ -136,7 +160,15 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("SSKD full (ratio_ss=0.75)", "sskd", {_M + "ratio_ss": 0.75}),
 )
 
+# the mini tier's rows: the paper's headline comparison only (SSKD > KD > CE)
+MINI_ROWS = tuple(r for r in ROWS if r[1] in ("ce", "kd", "sskd"))
+SEEDS = {"mini": (0, 1, 2)}
+
+
+def rows_for(preset: str) -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    return MINI_ROWS if preset == "mini" else ROWS
+
 # TPE over the self-supervision knobs (docs/searching.md §6), on top of the last row; the ranges are
 # SSKDConfig.SEARCH's.
 SPACE = method_space("sskd", ("w_ss", "w_tf", "tau_ss", "ratio_ss"))
-BUDGET = {"smoke": Budget(4, 1, 2), "cifar100": Budget(16, 60, 2), "imagenet": Budget(8, 30, 2)}
+BUDGET = {"smoke": Budget(4, 1, 2), "mini": Budget(1, 1, 2), "cifar100": Budget(16, 60, 2), "imagenet": Budget(8, 30, 2)}

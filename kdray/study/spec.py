@@ -111,12 +111,13 @@ class Study:
                     budget: Budget, description: OfBase[str] = "",
                     paper: Callable[[str, ExperimentConfig], str] = lambda key, base: "",
                     config_name: str | None = None, mode: str = "max", baseline: str = "",
-                    compare: tuple[str, ...] = ()) -> Study:
+                    compare: tuple[str, ...] = (), seeds: tuple[int, ...] = (0,)) -> Study:
         """The study `<study>_<preset>` of a preset: base = `method` with the preset's dotted-key
         `overrides` (config name `config_name`, default the study name); `rows` as (label, paper
         key, overrides), the paper column from `paper(key, base)`; `metric`, `columns` and
-        `description` as values or functions of the base config; `baseline` and `compare` as on
-        the Study."""
+        `description` as values or functions of the base config; `baseline`, `compare` and the
+        preset's default `seeds` (`--seeds` overrides) as on the Study. An empty `space` runs
+        the rows only."""
         name = f"{study}_{preset}"
         base = ExperimentConfig(method=method, name=config_name or name).override(dict(overrides))
 
@@ -127,7 +128,8 @@ class Study:
         return cls(name=name, base=base, metric=of_base(metric), mode=mode, rows=rows,
                    space=dict(space), num_samples=budget.samples, grace_period=budget.grace,
                    reduction_factor=budget.reduction_factor, columns=tuple(of_base(columns)),
-                   description=of_base(description), baseline=baseline, compare=tuple(compare))
+                   description=of_base(description), baseline=baseline, compare=tuple(compare),
+                   seeds=tuple(seeds))
 
     # -------------------------------------------------------------------- configs
     def trial_config(self, params: dict[str, Any]) -> ExperimentConfig:
