@@ -152,6 +152,7 @@ class EvalConfig:
     split: str = "test"              # dataset split evaluated (val for model selection)
     every: int = 1                   # epochs between evaluations (the last epoch always evaluates)
     ways: int = 5
+    extra_ways: tuple[int, ...] = ()  # more N-way settings scored on the same features (20: Omniglot)
     shots: tuple[int, ...] = (1, 5)
     queries: int = 15                # per class; 0 = all remaining images (SMKD protocol: 600 - K)
     episodes: int = 200
@@ -164,11 +165,18 @@ class EvalConfig:
         """A metric's reported name: prefixed by the split it is computed on ("test/top1")."""
         return f"{self.split}/{name}"
 
+    @property
+    def all_ways(self) -> tuple[int, ...]:
+        """`ways`, then `extra_ways` (few-shot metrics acc_<N>w<K>s for each)."""
+        return (self.ways, *(w for w in self.extra_ways if w != self.ways))
+
     def __post_init__(self) -> None:
         check_choice("eval.kind", self.kind, ("fewshot", "top1", "fscil", "coco", "none"))
         check_range("eval.max_items", self.max_items, 0)
         check_range("eval.every", self.every, 1)
         check_range("eval.ways", self.ways, 2)
+        for w in self.extra_ways:
+            check_range("eval.extra_ways", w, 2)
         check(len(self.shots) > 0 and all(s >= 1 for s in self.shots), "eval.shots",
               f"needs one or more shot counts >= 1, got {self.shots}")
         check_range("eval.queries", self.queries, 0)

@@ -211,6 +211,22 @@ def test_fewshot_evaluator_single_process() -> None:
     assert method.training
 
 
+def test_extra_ways_score_each_way_as_its_own_run_would() -> None:
+    """eval.extra_ways: one evaluation scores 3-way and 5-way episodes; each equals an evaluation
+    configured with that way alone (same features, same episode seeds)."""
+    from dataclasses import replace
+
+    data, method = _data(), _method()
+    cfg = _config()
+    both = FewShotEvaluator(replace(cfg, eval=replace(cfg.eval, extra_ways=(5,))), data)(method, "cpu")
+    for way in (3, 5):
+        alone = FewShotEvaluator(replace(cfg, eval=replace(cfg.eval, ways=way)), data)(method, "cpu")
+        for k, v in alone.metrics.items():
+            assert both.metrics[k] == v, k
+        assert [r for r in both.records["episodes"] if r["way"] == way] == alone.records["episodes"]
+    assert {k for k in both.metrics if "5w" in k} and {k for k in both.metrics if "3w" in k}
+
+
 class _Labelled(TensorDataset):
     """A dataset exposing `targets`, so the evaluator can draw episodes before embedding."""
 

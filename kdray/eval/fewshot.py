@@ -192,11 +192,11 @@ class FewShotEvaluator:
             method.train(was_training)
         metrics: dict[str, float] = {}
         records: list[dict] = []
-        for shot in self.ecfg.shots:
-            rows = self._score_shot(feats, labels.numpy(), shot)
+        for way, shot in ((w, s) for w in self.ecfg.all_ways for s in self.ecfg.shots):
+            rows = self._score_shot(feats, labels.numpy(), way, shot)
             for k, name in enumerate(self.ecfg.classifiers):
                 stats = summarize([r["accuracy"] for r in rows[name]])
-                key = self.ecfg.key(f"acc_{self.ecfg.ways}w{shot}s")
+                key = self.ecfg.key(f"acc_{way}w{shot}s")
                 keys = [f"{key}_{name}"] + ([key] if k == 0 else [])
                 for base in keys:
                     metrics[base], metrics[f"{base}_ci95"] = stats["acc"], stats["ci95"]
@@ -210,17 +210,18 @@ class FewShotEvaluator:
         e = self.ecfg
         if e.queries in ("all", 0):
             return None
-        if e.episodes * e.ways * (max(e.shots) + int(e.queries)) >= len(targets):
+        if (e.episodes * sum(e.all_ways) * (max(e.shots) + int(e.queries))) >= len(targets):
             return None
         used = np.zeros(len(targets), dtype=bool)
-        for shot in e.shots:
-            for ep in sample_episodes(targets, way=e.ways, shot=shot, queries=e.queries,
+        for way, shot in ((w, s) for w in e.all_ways for s in e.shots):
+            for ep in sample_episodes(targets, way=way, shot=shot, queries=e.queries,
                                       n=e.episodes, seed=e.seed):
                 used[np.asarray(ep.support_idx)] = True
                 used[np.asarray(ep.query_idx)] = True
         return np.flatnonzero(used)
 
-    def _score_shot(self, feats: Tensor, labels: np.ndarray, shot: int) -> dict[str, list[dict]]:
+    def _score_shot(self, feats: Tensor, labels: np.ndarray, way: int, shot: int
+                    ) -> dict[str, list[dict]]:
         """Episode records per classifier, in episode-id order, identical on every rank."""
         e = self.ecfg
         mine = shard(range(e.episodes), dist.rank(), dist.world_size())
@@ -228,7 +229,7 @@ class FewShotEvaluator:
         queries = "all" if e.queries in ("all", 0) else e.queries  # 0: sentinel for "all"
         local: list[tuple[int, tuple]] = []
         for start in range(0, len(mine), CHUNK):  # sampled lazily: "all" episodes are large
-            for ep in sample_episodes(labels, way=e.ways, shot=shot, queries=queries,
+            for ep in sample_episodes(labels, way=way, shot=shot, queries=queries,
                                       n=e.episodes, seed=e.seed, ids=mine[start:start + CHUNK]):
                 accs = tuple(_episode_accuracy(feats, labels, ep, c) for c in clfs.values())
                 local.append((ep.id, (ep.queries, ep.class_ids, accs)))
@@ -237,7 +238,7 @@ class FewShotEvaluator:
         for i in range(e.episodes):
             queries, class_ids, accs = done[i]
             for name, acc in zip(clfs, accs):
-                out[name].append({"episode_id": i, "way": e.ways, "shot": shot,
+                out[name].append({"episode_id": i, "way": way, "shot": shot,
                                   "queries": queries, "class_ids": list(class_ids),
                                   "classifier": name, "accuracy": acc})
         return out

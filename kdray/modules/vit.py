@@ -43,6 +43,7 @@ VIT_SPECS: dict[str, ViTSpec] = {
     "vit_small_p16": ViTSpec(224, 16, 384, 12, 6),   # SMKD models/vision_transformer.py vit_small
     "vit_tiny_p4_32": ViTSpec(32, 4, 192, 6, 3),     # 32-px runs (CIFAR-FS/FC100 at native size)
     "vit_nano_p4_32": ViTSpec(32, 4, 48, 2, 3),      # unit tests and smoke runs
+    "vit_micro_p4_28": ViTSpec(28, 4, 96, 4, 3),     # Omniglot mini tier (28 px, 7x7 patches)
 }
 
 

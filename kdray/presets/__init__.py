@@ -6,8 +6,13 @@ script stays short. No Ray, no training logic."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 from kdray.search import Domain, select
+
+#: the project's read-only real data (a checkout's sibling `shared/data`), used by the `mini`
+#: presets as their default `data.root`; `--data-root` points elsewhere
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def method_space(method: str, keys: Iterable[str],

@@ -29,10 +29,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kdray.presets import method_space
+from kdray.presets import SHARED_DATA, method_space
 from kdray.search import Budget
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 LIGHT = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # lr 0.01 (docs/methods/sskd.md §3.4, §3.7 item 6)
 
 _SGD = {"optim.name": "sgd", "optim.momentum": 0.9, "optim.weight_decay": 5e-4,

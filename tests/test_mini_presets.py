@@ -1,0 +1,89 @@
+"""The `mini` evidence presets on the real data in ../shared/data: each study builds, every row x
+seed config validates (the checks run before Ray), its stages and every row train a few steps
+in-process and evaluate on the real split. The studies themselves (< 1 h each on 2 cores) are
+not run here; their results are results/<study>_mini.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from helpers import load_study
+from kdray.config import ExperimentConfig
+from kdray.engine.preflight import preflight
+from kdray.engine.runner import run_local
+from kdray.study.spec import ROW_KEY
+
+FEW = {"train.epochs": 1, "train.steps_per_epoch": 2, "train.log_every": 1, "eval.every": 1,
+       "data.loader_workers": 0}
+
+
+def _short(cfg: ExperimentConfig, **extra) -> ExperimentConfig:
+    """`cfg` cut to 2 steps and a small evaluation on the same real split."""
+    ev = ({"eval.episodes": 4, "eval.queries": 2} if cfg.eval.kind == "fewshot"
+          else {"eval.max_items": 64})
+    return cfg.override({**FEW, **ev, **extra})
+
+
+def _rows(study, tmp: Path) -> dict[str, dict[str, float]]:
+    """Every row x seed config built; every row checked (preflight) and trained 2 steps."""
+    configs = study.validate()
+    assert len(configs) == len(study.rows) * len(study.seeds) >= 9
+    out = {}
+    for row in study.rows:
+        cfg = _short(study.trial_config({ROW_KEY: row.label}))
+        preflight(cfg)
+        res = run_local(cfg, str(tmp / row.label.replace(" ", "_").replace("/", "_")))
+        out[row.label] = res.metrics
+    return out
+
+
+def _finite(metrics: dict[str, float], key: str) -> float:
+    v = metrics[key]
+    assert math.isfinite(v), (key, metrics)
+    return v
+
+
+@pytest.mark.slow
+def test_smkd_mini_preset_runs_on_omniglot(shared_data, tmp_path):
+    mod = load_study("smkd_ablation")
+    study = mod.build("mini")
+    assert study.base.data.dataset == "omniglot" and study.seeds == (0, 1, 2)
+    assert study.metric == "acc_20w1s" and not study.space
+    phase1 = _short(mod.phase1_config(study, "mini"))
+    assert phase1.method_cfg.phase == "ssl"
+    preflight(phase1)
+    run_local(phase1, str(tmp_path / "phase1"))
+    ckpt = str(tmp_path / "phase1" / "checkpoint.pt")
+    study = study.starting_from("train.init_from", ckpt, "")
+    metrics = _rows(study, tmp_path)
+    for label, m in metrics.items():
+        for way in (5, 20):
+            acc = _finite(m, f"test/acc_{way}w1s")
+            assert 0.0 <= acc <= 100.0, (label, m)
+    assert "train/t_entropy" in metrics[study.rows[-1].label]   # teacher health is logged
+
+
+@pytest.mark.slow
+def test_sskd_mini_preset_runs_on_cifar10(shared_data, tmp_path):
+    mod = load_study("sskd_ablation")
+    P = mod.P
+    study = mod.build("mini")
+    base = study.base
+    assert base.data.dataset == "cifar10" and study.seeds == (0, 1, 2) and not study.space
+    assert [r.label for r in study.rows] == ["CE only", "KD", "SSKD full (ratio_ss=0.75)"]
+    t1 = _short(base.override({**P.TEACHER["mini"], "model.arch": base.model.teacher_arch,
+                               "model.teacher_arch": ""}))
+    preflight(t1)
+    run_local(t1, str(tmp_path / "t1"))
+    t2 = _short(base.override({**P.SS_HEAD["mini"],
+                               "model.teacher_ckpt": str(tmp_path / "t1" / "checkpoint.pt")}))
+    preflight(t2)
+    run_local(t2, str(tmp_path / "t2"))
+    study = study.starting_from("model.teacher_ckpt", str(tmp_path / "t2" / "checkpoint.pt"), "")
+    metrics = _rows(study, tmp_path)
+    for label, m in metrics.items():
+        assert 0.0 <= _finite(m, "test/top1") <= 100.0, (label, m)
+    assert metrics["SSKD full (ratio_ss=0.75)"]["train/ss"] > 0   # the SS term is on
