@@ -9,8 +9,8 @@ import math
 from pathlib import Path
 
 import pytest
-
 from helpers import load_study
+
 from kdray.config import ExperimentConfig
 from kdray.engine.preflight import preflight
 from kdray.engine.runner import run_local

@@ -8,9 +8,8 @@ transformed copy of image b, so its positive (its own source) is normal sample b
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
