@@ -166,6 +166,22 @@ def test_config_validation():
     assert m.student.fe is None  # built only when used
 
 
+def test_distill_warmup_ramps_sd_and_at_only():
+    """method_cfg.distill_warmup=2 (epochs of 10 steps): at step 5 the loss is
+    mix + kl + aux + 0.25 (sd + at), recomputed by hand from the logged terms; at step 20 the
+    full paper total; warmup 0 keeps the paper total from the first step."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 16, 16)
+    batch = Batch(views=[x], labels=torch.tensor([0, 1, 2, 3] * 2))
+    for warmup, it, ramp in ((2.0, 5, 0.25), (2.0, 20, 1.0), (0.0, 0, 1.0)):
+        torch.manual_seed(1)
+        m = build_method(tiny(**{"method_cfg.distill_warmup": warmup}), 4)
+        out = m(batch, Step(it=it, epoch=it // 10, total_its=40, its_per_epoch=10))
+        want = out["mix"] + out["kl"] + out["aux"] + ramp * (out["sd"] + out["at"])
+        assert float(out["distill_ramp"]) == ramp
+        assert torch.allclose(out["loss"], want, atol=1e-6), (warmup, it)
+
+
 @pytest.fixture(scope="module")
 def synth_cfg(tmp_path_factory):
     root = tmp_path_factory.mktemp("m2sd")

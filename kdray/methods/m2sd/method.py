@@ -72,6 +72,8 @@ class M2SDConfig:
     w_aux: float = 1.0               # CE of W′ on clean images [inferred]
     w_ce: float = 0.0                # CE of W on clean images (not in the paper's total)
     detach_teacher: bool = True      # p̂ and T_i act as targets [inferred]
+    distill_warmup: float = 0.0      # epochs over which w_sd, w_at ramp 0 -> 1 while `aux` trains FE
+                                     # and W′ (kdray; 0 = the paper's total from the first step)
     en_layout: tuple[str, ...] = ()  # per stage "mhsa" | "ca"; () = MHSA at the ends, CA between
     mhsa_heads: int = 4              # [inferred]
     mhsa_max_side: int = 16          # MHSA on at most 16 x 16 pooled positions [inferred]
@@ -90,6 +92,7 @@ class M2SDConfig:
         for k in ("w_mix", "w_kl", "w_sd", "w_at", "w_aux", "w_ce"):
             check_range(f"method_cfg.{k}", getattr(self, k), 0.0, 1000.0)
         check_range("method_cfg.kl_temp", self.kl_temp, 0.0, 100.0, low_open=True)
+        check_range("method_cfg.distill_warmup", self.distill_warmup, 0.0)
         for k in ("mhsa_heads", "mhsa_max_side", "ca_reduction", "fe_channels"):
             check_range(f"method_cfg.{k}", getattr(self, k), 1)
         for kind in self.en_layout:
@@ -107,6 +110,12 @@ class M2SDConfig:
     @property
     def branches(self) -> tuple[str, ...]:
         return tuple(b for b, on in (("mixup", self.mixup), ("cutmix", self.cutmix)) if on)
+
+
+def distill_ramp(step: Step, warmup: float) -> float:
+    """Factor of w_sd and w_at: linear from 0 at the first step to 1 after `warmup` epochs, so the
+    backbone distils from the FE module only once `aux` has trained it; 1 when warmup = 0."""
+    return 1.0 if warmup <= 0 else min(1.0, step.epoch_float / warmup)
 
 
 @dataclass
@@ -192,11 +201,15 @@ class M2SD(Method):
             terms["mix"] = sum(mixing.soft_target_ce(z, target) for z in logits[1:])
             if len(logits) == 3 and m.w_kl > 0:
                 terms["kl"] = symmetric_kl(logits[1], logits[2], m.kl_temp)
-        health = {}
+        health, weights = {}, term_weights(m, terms)
         if m.enhance:
             terms.update(self._sd_terms(out, logits[0], y))
             health = teacher_health(F.softmax(out.fe_logits.float() / m.kl_temp, dim=-1))
-        return {"loss": weighted_sum(terms, term_weights(m, terms)),
+            weights = term_weights(m, terms)
+            ramp = distill_ramp(step, m.distill_warmup)
+            weights.update({k: w * ramp for k, w in weights.items() if k in ("sd", "at")})
+            health["distill_ramp"] = torch.tensor(ramp)
+        return {"loss": weighted_sum(terms, weights),
                 **{k: v.detach() for k, v in terms.items()}, **health}
 
     def _sd_terms(self, out: M2SDOutput, clean_logits: Tensor, y: Tensor) -> dict[str, Tensor]:
