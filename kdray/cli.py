@@ -161,14 +161,14 @@ def cmd_ledger(args) -> int:
 
 
 def cmd_cluster(args) -> int:
-    """`kdray cluster validate FILE`: Ray's offline checks of a `ray up` YAML; "ok" or the error."""
-    from kdray.runtime.cluster import ClusterConfigError, validate_cluster_yaml
+    """`kdray cluster validate FILE`: Ray's offline checks of a `ray up` YAML ("ok" or the error,
+    exit 2), then warnings (stderr) about world-open ingress, full-access worker profiles and
+    unfilled placeholders."""
+    from kdray.runtime.cluster import cluster_warnings, validate_cluster_yaml
 
-    try:
-        validate_cluster_yaml(args.file)
-    except ClusterConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    raw = validate_cluster_yaml(args.file)
+    for w in cluster_warnings(raw):
+        print(f"warning: {args.file}: {w}", file=sys.stderr)
     print(f"ok: {args.file}")
     return 0
 

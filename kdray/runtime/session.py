@@ -43,6 +43,10 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
+        # Ray's metrics agent serves Prometheus without auth on every interface unless the node
+        # IP is loopback; a local run does not need it (docs/runtime.md §P13). Set
+        # RAY_enable_metrics_collection=1 to keep it.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         _pin_local_address()
         for attempt in range(2):
             try:
