@@ -16,6 +16,7 @@ from kdray.checks import (  # noqa: F401 - re-exported for callers of the config
     ConfigError,
     check,
     check_choice,
+    check_finite,
     check_range,
 )
 from kdray.overrides import (  # noqa: F401 - re-exported: kdray.config is the public home
@@ -231,6 +232,7 @@ class ExperimentConfig:
         check(isinstance(self.method_cfg, mcls), "method_cfg",
               f"expected {mcls.__name__} for method {self.method!r}, got {type(self.method_cfg).__name__}")
         check_range("seed", self.seed, 0)
+        check_finite(self.flatten())
 
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict:

@@ -213,6 +213,20 @@ def test_cifar10_jpeg_tarballs(cifar10_jpg, shared: Path, monkeypatch: pytest.Mo
     assert time.perf_counter() - t0 < 1.0 and cached.targets == sets["train"].targets
 
 
+def _trust(monkeypatch: pytest.MonkeyPatch, folder: Path, archive: str) -> None:
+    """Register the MD5s of a test's fake archive files, as if they were the published ones
+    (kdray unpickles no other CIFAR files)."""
+    import hashlib
+
+    import kdray.data.cifar as C
+
+    known = {**C.MD5, archive: {f.name: hashlib.md5(f.read_bytes()).hexdigest()
+                                for f in folder.iterdir()}}
+    monkeypatch.setattr(C, "MD5", known)
+    C.read_cifar10.cache_clear()
+    C.read_cifar100.cache_clear()
+
+
 def _fake_cifar100(shared: Path, root: Path, n_train: int = 3, n_test: int = 2) -> list[str]:
     """A CIFAR-100 python archive in torchvision's format; pixel (0, 0) red = fine label."""
     pairs = [p for s in ("train", "val", "test")
@@ -233,8 +247,10 @@ def _fake_cifar100(shared: Path, root: Path, n_train: int = 3, n_test: int = 2) 
     return fine
 
 
-def test_cifar_fs_and_fc100_from_python_archive(shared: Path, tmp_path: Path) -> None:
+def test_cifar_fs_and_fc100_from_python_archive(shared: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     fine = _fake_cifar100(shared, tmp_path)
+    _trust(monkeypatch, tmp_path / "cifar-100-python", "cifar100")
     seen = {}
     for name, counts in (("cifar_fs", (64, 16, 20)), ("fc100", (60, 20, 20))):
         d = cfg_of(dataset=name, root=str(tmp_path)).data
@@ -263,6 +279,7 @@ def test_cifar10_python_archive_preferred(shared: Path, tmp_path: Path,
         data[:, 0], data[:, 2048] = b, 200  # R(0,0), B(0,0)
         (d / name).write_bytes(pickle.dumps({"data": data, "labels": [b, 9 - b]}))
     (d / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"c{i}" for i in range(10)]}))
+    _trust(monkeypatch, d, "cifar10")
     monkeypatch.setenv("KDRAY_DATA_PATH", str(shared))  # the JPEG tarballs are visible too
     cfg = cfg_of(dataset="cifar10", root=str(tmp_path)).data
     train, test = build_dataset(cfg, "train"), build_dataset(cfg, "test")

@@ -151,7 +151,7 @@ def test_paper_preset_rows_validate_and_pass_method_preflight(preset, tmp_path):
 
 
 @pytest.mark.parametrize("preset", PAPER_PRESETS)
-def test_paper_preset_cli_names_missing_data_before_ray(preset, tmp_path, monkeypatch):
+def test_paper_preset_cli_names_missing_data_before_ray(preset, tmp_path, monkeypatch, capsys):
     import kdray.runtime.session as session
     from kdray.runtime.cli_study import main
 
@@ -165,7 +165,7 @@ def test_paper_preset_cli_names_missing_data_before_ray(preset, tmp_path, monkey
             "--tracking-uri", f"sqlite:///{tmp_path}/m.db", "--seeds", "0,1"]
     with pytest.raises(SystemExit) as e:
         main(S.build, "smkd", list(S.P.PRESETS), argv=argv, before=S.with_phase1)
-    assert str(root) in str(e.value)
+    assert e.value.code == 2 and str(root) in capsys.readouterr().err
     with pytest.raises(DataNotFoundError) as e:
         session.preflight(S.phase1_config(S.build(preset), preset).override(
             {"data.root": str(root)}))

@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from kdray.checks import UserError
+
 if TYPE_CHECKING:
     from kdray.config import DataConfig
 
@@ -31,7 +33,7 @@ CIFAR10_STATS = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 CIFAR100_STATS = ((0.5074, 0.4867, 0.4411), (0.2675, 0.2566, 0.2763))
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """Dataset files are missing; the message names every path looked in and how to get them."""
 
     def __init__(self, dataset: str, looked_in: Sequence[Path | str], how: str) -> None:

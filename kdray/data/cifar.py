@@ -14,6 +14,7 @@ NeurIPS 2018) = the fine classes of 12/4/4 superclasses. Both merge CIFAR-100 tr
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import pickle
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from kdray.checks import ConfigError
 from kdray.data.base import (
     ArrayDataset,
     DataNotFoundError,
@@ -46,6 +48,21 @@ ARCHIVES = {  # name -> (folder, alias folder, files, URL, torchvision class)
                 "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "CIFAR10"),
     "cifar100": ("cifar-100-python", "cifar100", ("train", "test", "meta"),
                  "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "CIFAR100"),
+}
+# The published MD5 of every file of the python archives (as torchvision's CIFAR10 / CIFAR100
+# list them): these files are pickles, and unpickling runs code, so a file is unpickled only when
+# its bytes are the official ones.
+MD5 = {
+    "cifar10": {"data_batch_1": "c99cafc152244af753f735de768cd75f",
+                "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+                "data_batch_4": "634d18415352ddfa80567beed471001a",
+                "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+                "test_batch": "40351d587109b95175f43aff81a1287e",
+                "batches.meta": "5ff9c542aee3614f3951f8cda6e48888"},
+    "cifar100": {"train": "16019d7e3df5f24257cddd939b257f8d",
+                 "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
+                 "meta": "7973b15100ade9c7d40fb424638fde48"},
 }
 JPG_DIR = "cifar10_jpg"
 JPG_FILES = {"train": "cifar10_train.tar.gz", "test": "cifar10_test.tar.gz"}
@@ -110,9 +127,23 @@ def locate(cfg: DataConfig, name: str) -> tuple[str, Path]:
 
 
 # ---------------------------------------------------------------------------- readers
-def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+class UntrustedFileError(ConfigError):
+    """A CIFAR archive file whose bytes are not the published ones: it is never unpickled."""
+
+
+def _unpickle(path: Path, archive: str) -> dict:
+    """The pickle at `path`, after its MD5 matched the published one for its name in `archive`
+    ("cifar10" / "cifar100"); anything else is refused before a byte of it is unpickled."""
+    data = path.read_bytes()
+    want = MD5[archive].get(path.name)
+    got = hashlib.md5(data).hexdigest()
+    if got != want:
+        raise UntrustedFileError(
+            f"{path}: MD5 {got} is not the published {want or '(no such file in the archive)'} "
+            f"of {archive}'s {path.name}; the file is damaged or not the official archive, and "
+            "kdray does not unpickle other files (unpickling can run code). Delete "
+            f"{path.parent} and re-download it (--set data.download=true)")
+    return pickle.loads(data, encoding="latin1")
 
 
 def _to_hwc(flat: np.ndarray) -> np.ndarray:
@@ -124,19 +155,19 @@ def _to_hwc(flat: np.ndarray) -> np.ndarray:
 def read_cifar10(folder: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     """Images (60000, 32, 32, 3) uint8 (train then test), labels, is_train mask, class names."""
     d = Path(folder)
-    batches = [_unpickle(d / f) for f in ARCHIVES["cifar10"][2][:6]]
+    batches = [_unpickle(d / f, "cifar10") for f in ARCHIVES["cifar10"][2][:6]]
     images = _to_hwc(np.concatenate([b["data"] for b in batches]))
     labels = np.concatenate([np.asarray(b["labels"], dtype=np.int64) for b in batches])
     is_train = np.arange(len(labels)) < len(labels) - len(batches[-1]["labels"])  # test last
-    return images, labels, is_train, list(_unpickle(d / "batches.meta")["label_names"])
+    return images, labels, is_train, list(_unpickle(d / "batches.meta", "cifar10")["label_names"])
 
 
 @functools.lru_cache(maxsize=2)
 def read_cifar100(folder: str) -> dict:
     """images (60000, 32, 32, 3) (train then test), fine, coarse, is_train, fine/coarse names."""
     d = Path(folder)
-    parts = [_unpickle(d / "train"), _unpickle(d / "test")]
-    meta = _unpickle(d / "meta")
+    parts = [_unpickle(d / "train", "cifar100"), _unpickle(d / "test", "cifar100")]
+    meta = _unpickle(d / "meta", "cifar100")
     return {
         "images": _to_hwc(np.concatenate([p["data"] for p in parts])),
         "fine": np.concatenate([np.asarray(p["fine_labels"], dtype=np.int64) for p in parts]),

@@ -14,9 +14,52 @@ from typing import Any
 
 import yaml
 
+from kdray.checks import ConfigError
 
-class ClusterConfigError(ValueError):
+#: instance profiles / roles that grant far more than the storage bucket (Ray's default profile
+#: has EC2 and S3 full access): only the head, which runs the autoscaler, may hold them
+FULL_ACCESS_PROFILES = ("ray-autoscaler-v1", "AdministratorAccess", "AmazonEC2FullAccess",
+                        "AmazonS3FullAccess")
+WORLD = ("0.0.0.0/0", "::/0")
+
+
+class ClusterConfigError(ConfigError):
     """A cluster launcher YAML that `ray up` would reject."""
+
+
+def cluster_warnings(raw: dict[str, Any]) -> list[str]:
+    """Exposure that `ray up` accepts but kdray does not want (docs/runtime.md, clusters/README.md):
+    world-open ingress (a rule from 0.0.0.0/0, or an AWS node type without SecurityGroupIds,
+    for which Ray creates a group with SSH open to 0.0.0.0/0), a full-access instance profile on
+    a node other than the head, and placeholders (REPLACE) not yet filled in."""
+    out: list[str] = []
+    provider = raw.get("provider") or {}
+    for rule in (provider.get("security_group") or {}).get("IpPermissions") or []:
+        for r in (rule.get("IpRanges") or []) + (rule.get("Ipv6Ranges") or []):
+            cidr = r.get("CidrIp") or r.get("CidrIpv6")
+            if cidr in WORLD:
+                out.append(f"provider.security_group: ports {rule.get('FromPort')}-"
+                           f"{rule.get('ToPort')} open to {cidr}; allow your own CIDR only")
+    if provider.get("type") == "aws":
+        head = raw.get("head_node_type")
+        for name, node in (raw.get("available_node_types") or {}).items():
+            nc = node.get("node_config") or {}
+            if not nc.get("SecurityGroupIds"):
+                out.append(f"available_node_types.{name}: no SecurityGroupIds, so Ray creates a "
+                           "security group with SSH open to 0.0.0.0/0; set the kdray-cluster "
+                           "group (clusters/README.md)")
+            profile = nc.get("IamInstanceProfile") or {}
+            ident = str(profile.get("Name") or profile.get("Arn") or "")
+            if name != head and any(p in ident for p in FULL_ACCESS_PROFILES):
+                out.append(f"available_node_types.{name}: IamInstanceProfile {ident!r} is a "
+                           "full-access profile on a non-head node; give workers a profile "
+                           "limited to the storage bucket (clusters/aws-worker-policy.json)")
+    text = yaml.safe_dump(raw)
+    if "REPLACE" in text:
+        keys = sorted({line.split(":")[0].strip(" -") for line in text.splitlines()
+                       if "REPLACE" in line})
+        out.append(f"placeholders still to fill in ({', '.join(keys)}): see the file's header")
+    return out
 
 
 def validate_cluster_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -75,7 +75,7 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         tracking_uri: str | None = None, experiment: str = "kdray", address: str | None = None,
         parent_run_id: str | None = None, epoch_hooks: Sequence[EpochHook] = (),
-        raise_on_error: bool = True) -> RunResult:
+        raise_on_error: bool = True, fresh: bool = False) -> RunResult:
     """Train `cfg` as one Ray Train run. Re-running with the same `run_name` and `storage_path`
     resumes from that run's last checkpoint.
 
@@ -88,23 +88,31 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
         address: Ray address (None/"local" = start a local instance in-process).
         parent_run_id: optional MLflow parent run.
         epoch_hooks: `hook(epoch, rank)` calls at every epoch start on every worker.
+        fresh: discard a stored run of the same name (its checkpoints) and start afresh.
+
+    Raises:
+        ConfigError: the config fails a pre-flight check, or `run_name` exists in `storage_path`
+            with another config (see `claim_run`).
     """
     import mlflow
 
+    from kdray.engine.preflight import check_locations
     from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
     from kdray.runtime.session import ensure_ray, preflight, resolve_paths
 
     cfg = resolve_paths(cfg)  # workers may run in another directory
-    preflight(cfg)  # before any Ray resource starts
+    preflight(cfg, address=address)  # before any Ray resource starts
     run_name = run_name or cfg.name
     storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH")
     storage_path = os.path.abspath(storage_path or "ray_results") if "://" not in (
         storage_path or "") else storage_path
     uri = tracking_uri or default_tracking_uri()
+    check_locations(storage_path=storage_path, tracking_uri=uri)
+    identity = claim_run(cfg, storage_path, run_name, fresh=fresh)
     client = mlflow.MlflowClient(uri)
     exp_id = get_or_create_experiment(client, experiment)
     tracking = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_run_id,
-                "run_key": f"fit/{run_name}"}
+                "run_key": f"fit/{run_name}" + (f"@{identity}" if identity else "")}
     ensure_ray(address)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
                            epoch_hooks=epoch_hooks)
@@ -118,6 +126,66 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
     return RunResult(ret.get("metrics", {}), ret.get("history", []), ret.get("mlflow_run_id"), ckpt,
                      result.error)
+
+
+RUN_RECORD = "kdray_run.json"  # in the Ray run folder: the config and identity of the run
+
+
+def config_hash(cfg: ExperimentConfig) -> str:
+    """8 hex digits of the resolved config (the run-folder key of stages and unnamed runs)."""
+    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()
+                        ).hexdigest()[:8]
+
+
+def claim_run(cfg: ExperimentConfig, storage_path: str, run_name: str, *,
+              fresh: bool = False) -> str:
+    """The identity of run `run_name` in local `storage_path`: the Ray run folder and the MLflow
+    run are keyed by the name, so a name resumes only its own config. A new name (or `fresh`,
+    which deletes the old folder) records the config in `<run folder>/kdray_run.json` and gets a
+    new identity (a new MLflow run); the same name with the same config resumes; the same name
+    with another config is refused. Remote storage (s3://) is not checked ("" returned)."""
+    import shutil
+    import time
+
+    from kdray.checks import ConfigError
+
+    if "://" in storage_path:
+        return ""
+    folder = os.path.join(storage_path, run_name)
+    record = os.path.join(folder, RUN_RECORD)
+    if fresh and os.path.isdir(folder):
+        log.info("--fresh: removing %s", folder)
+        shutil.rmtree(folder)
+    if os.path.isfile(record):
+        with open(record) as f:
+            rec = json.load(f)
+        if rec.get("config") == cfg.to_dict():
+            return str(rec.get("identity", ""))
+        old = ExperimentConfig.from_dict(rec["config"]).flatten() if rec.get("config") else {}
+        new = cfg.flatten()
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise ConfigError(
+            f"run name {run_name!r} already exists in {storage_path} with another config "
+            f"(differs in {diff[:6]}{' ...' if len(diff) > 6 else ''}); a name resumes only its "
+            f"own config. Start fresh with another --name, or --fresh (deletes {folder})")
+    if os.path.isdir(folder) and os.listdir(folder) and not fresh:
+        raise ConfigError(f"run name {run_name!r}: {folder} holds a run without a kdray record "
+                          "(made by an older kdray?); pass another --name, or --fresh to delete it")
+    identity = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg)}"
+    os.makedirs(folder, exist_ok=True)
+    with open(record, "w") as f:
+        json.dump({"run_name": run_name, "identity": identity, "config": cfg.to_dict()}, f,
+                  indent=2)
+    return identity
+
+
+def unique_run_name(cfg: ExperimentConfig) -> str:
+    """`run-<UTC time>-<config hash>-<4 random hex>` for a `kdray train` without --name."""
+    import secrets
+    import time
+
+    return (f"run-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{config_hash(cfg)}-"
+            f"{secrets.token_hex(2)}")
 
 
 @dataclass
@@ -147,8 +215,7 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
             return StageResult(rec["checkpoint"], rec["metrics"], rec.get("mlflow_run_id"), True)
     # The run folder is keyed by the config: an interrupted stage resumes its own checkpoints,
     # a stage whose config changed starts afresh instead of resuming the old run's.
-    key = hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode())
-    run_name = f"{name}-{key.hexdigest()[:8]}"
+    run_name = f"{name}-{config_hash(cfg)}"
     print(f"[kdray] stage {name}: training {cfg.method} {cfg.model.arch} on {cfg.data.dataset} "
           f"for {cfg.train.epochs} epochs ({run_name})")
     res = fit(cfg, run_name=run_name, storage_path=storage_path, tracking_uri=tracking_uri,

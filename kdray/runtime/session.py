@@ -14,11 +14,11 @@ log = logging.getLogger(__name__)
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 
-def preflight(cfg: ExperimentConfig) -> None:
+def preflight(cfg: ExperimentConfig, **kw) -> None:
     """Every check that can fail before any Ray resource starts (kdray.engine.preflight)."""
     from kdray.engine.preflight import preflight as check_all
 
-    check_all(cfg)
+    check_all(cfg, **kw)
 
 
 def resolve_paths(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -43,6 +43,10 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
     if ray.is_initialized():
         return False
     if address in (None, "", "local"):
+        # Ray's metrics agent serves Prometheus without auth on every interface unless the node
+        # IP is loopback; a local run does not need it (docs/runtime.md §P13). Set
+        # RAY_enable_metrics_collection=1 to keep it.
+        os.environ.setdefault("RAY_enable_metrics_collection", "0")
         _pin_local_address()
         for attempt in range(2):
             try:
@@ -55,7 +59,14 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
                 log.warning("local Ray start timed out; retrying once")
                 ray.shutdown()
     else:
-        ray.init(address=address, **init_kwargs)
+        try:
+            ray.init(address=address, **init_kwargs)
+        except ConnectionError as e:
+            from kdray.checks import ConfigError
+
+            raise ConfigError(f"--address {address}: no Ray cluster answers there ({e}); start "
+                              "it (`ray up` / `ray start --head`) or drop --address to run "
+                              "locally") from None
     return True
 
 

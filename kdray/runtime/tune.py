@@ -156,9 +156,10 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     from kdray.runtime import study_report as R
     from kdray.runtime.session import ensure_ray
 
-    study = _checked(study, search_row)
     storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or os.path.abspath(
         "ray_results")
+    study = check_study(study, search_row, address=address, storage_path=storage_path,
+                        tracking_uri=tracking_uri, results_dir=results_dir)
     client, exp_id, parent, tracking = R.open_study_run(study, tracking_uri, experiment, resume)
     osetup = _open_optuna(study, tracking["uri"], optuna_storage, resume, storage_path)
     ensure_ray(address)
@@ -230,17 +231,30 @@ def _search_phases(study: Study, phase, osetup, search_row: str | None,
     return searched, best
 
 
-def _checked(study: Study, search_row: str | None) -> Study:
-    """The study with absolute paths, after every config it can run was built and pre-flighted."""
+def check_study(study: Study, search_row: str | None = None, *, address: str | None = None,
+                storage_path: str | None = None, tracking_uri: str | None = None,
+                results_dir: str | None = None, stages_pending: bool = False) -> Study:
+    """The study with absolute paths, after every config it can run (rows x seeds, the search
+    space's corners) was built and pre-flighted (kdray.engine.preflight, once per distinct
+    config) and its storage, results and tracking locations were checked; no Ray here.
+    `stages_pending`: its stages have not run yet (see `preflight`)."""
+    from kdray.checks import ConfigError
+    from kdray.engine.preflight import check_locations
+    from kdray.runtime.mlflow_store import default_tracking_uri
     from kdray.runtime.session import preflight, resolve_paths
 
+    if not study.seeds:
+        raise ConfigError(f"study {study.name}: no seeds; pass --seeds, e.g. 0,1,2")
     study = replace(study, base=resolve_paths(study.base))
     seen = set()
     for c in study.validate(search_row):
-        key = (c.method, c.data.dataset, c.model, c.train.init_from)
+        c = resolve_paths(c)
+        key = (c.method, c.data, c.model, c.train.init_from, c.resources, c.eval)
         if key not in seen:
             seen.add(key)
-            preflight(c)
+            preflight(c, address=address, stages_pending=stages_pending)
+    check_locations(storage_path=storage_path, results_dir=results_dir,
+                    tracking_uri=tracking_uri or default_tracking_uri())
     return study
 
 
