@@ -367,7 +367,8 @@ def test_check_data_batch_geometry_and_class_counts() -> None:
                                   "data.class_aware": 5}))
     with pytest.raises(ConfigError, match="eval.ways"):
         check_data(base.override({"eval.split": "val", "eval.ways": 17}))  # 16 val classes
-    expected = {"synthetic_fs": 64, "omniglot": 4112, "cifar10": 10, "cifar100": 100,
+    expected = {"synthetic_fs": 64, "omniglot": 4112, "omniglot_lake": 964, "cifar10": 10,
+                "cifar100": 100,
                 "cifar_fs": 64, "fc100": 60, "mini_imagenet": 64, "imagenet": 1000,
                 # FSCIL protocols (kdray.data.fscil): split "train" = all classes ("base": 60 ...)
                 "fscil_cifar100": 100, "fscil_mini_imagenet": 100, "fscil_cub200": 200,

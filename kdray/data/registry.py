@@ -153,10 +153,11 @@ def check_data(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"data.class_aware={d.class_aware}: a batch of {d.batch_size} needs "
                               f"{d.batch_size // d.class_aware} classes, split {d.train_split!r} "
                               f"of {d.dataset} has {n}")
-    n_eval, ways = spec.num_classes(d, cfg.eval.split), max(cfg.eval.all_ways)
-    if cfg.eval.kind == "fewshot" and n_eval < ways:
-        raise ConfigError(f"eval.ways/extra_ways: {ways}-way exceeds the {n_eval} classes of "
-                          f"split {cfg.eval.split!r} of {d.dataset}")
+    if cfg.eval.kind == "fewshot":
+        n_eval, ways = spec.num_classes(d, cfg.eval.split), max(cfg.eval.all_ways)
+        if n_eval < ways:
+            raise ConfigError(f"eval.ways/extra_ways: {ways}-way exceeds the {n_eval} classes "
+                              f"of split {cfg.eval.split!r} of {d.dataset}")
     if cfg.eval.kind == "fscil":
         fscil.protocol_for(d)  # the FSCIL evaluator needs an FSCIL dataset
     spec.locate(d, splits)
