@@ -4,23 +4,109 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from kdray.config import ConfigError, parse_overrides
-from kdray.study.spec import Study, with_resources
+from kdray.study.spec import Study, study_cost, with_resources
 
 
-def study_parser(description: str, presets: list[str]) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--preset", default=presets[0], choices=presets)
+@dataclass
+class StudyInfo:
+    """What a study script passes to `main`: read by `kdray study --list` without running it."""
+
+    build: Callable[[str], Study]
+    description: str
+    presets: list[str]
+
+
+class _Described(Exception):
+    def __init__(self, info: StudyInfo) -> None:
+        super().__init__("described")
+        self.info = info
+
+
+_describe_only = False
+#: the program name study help shows (`kdray study NAME` sets it; default: the script's name)
+prog: str | None = None
+
+
+def describe(path: str) -> StudyInfo:
+    """The build function, description and presets of the study script at `path`: the script
+    runs as `__main__` up to its `main(...)` call, which returns them instead of running."""
+    import runpy
+
+    global _describe_only
+    _describe_only = True
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except _Described as d:
+        return d.info
+    finally:
+        _describe_only = False
+    raise ConfigError(f"{path} does not call kdray.runtime.cli_study.main")
+
+
+def measured_wall_time(study_name: str, results_dir: str = "results") -> str | None:
+    """The wall time in `results/<study>.md` of the last run of that study, if any."""
+    path = os.path.join(results_dir, f"{study_name}.md")
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        m = re.search(r"^- wall time: (.+)$", f.read(), re.M)
+    return m.group(1).strip() if m else None
+
+
+def preset_lines(build: Callable[[str], Study], presets: list[str],
+                 results_dir: str = "results") -> list[str]:
+    """One line per preset: its study name, rough cost and the last measured wall time."""
+    out = []
+    for name in presets:
+        try:
+            study = build(name)
+        except Exception as e:  # a preset needing something absent still gets listed
+            out.append(f"  {name}: ({type(e).__name__}: {e})")
+            continue
+        wall = measured_wall_time(study.name, results_dir)
+        out.append(f"  {name}: {study_cost(study)}; + its stages"
+                   + (f"; last run {wall}" if wall else ""))
+    return out
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The study's docstring and the preset list as written; each flag's default where the help
+    does not already say it (None: the preset's own value)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("default" in text or action.default in (argparse.SUPPRESS, [])
+                or action.nargs == 0):
+            return text
+        if action.default is None:
+            return text + " (default: the preset's)"
+        return text + " (default: %(default)s)"
+
+
+def study_parser(description: str, presets: list[str],
+                 build: Callable[[str], Study] | None = None) -> argparse.ArgumentParser:
+    epilog = None
+    if build is not None:
+        epilog = "presets (rough cost: trials x epochs; measured wall time from results/):\n" + \
+            "\n".join(preset_lines(build, presets))
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                formatter_class=_HelpFormatter)
+    p.add_argument("--preset", default=presets[0], choices=presets, help="see below")
     p.add_argument("--address", default=None, help="Ray address (default: local Ray in-process)")
     p.add_argument("--workers-per-trial", type=int, default=None, help="DDP workers per trial")
-    p.add_argument("--gpus-per-worker", type=float, default=None)
-    p.add_argument("--cpus-per-worker", type=int, default=None)
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per DDP worker")
+    p.add_argument("--cpus-per-worker", type=int, default=None, help="CPUs per DDP worker")
     p.add_argument("--num-samples", type=int, default=None, help="searched trials")
     p.add_argument("--seeds", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                    help="comma-separated seeds for the ablation rows, e.g. 0,1,2")
-    p.add_argument("--data-root", default=None, help="where datasets are looked for")
+    p.add_argument("--data-root", default=None, help="where datasets are looked for (default: the preset's data.root, then "
+                        "the folders in $KDRAY_DATA_PATH)")
     p.add_argument("--download", action="store_true",
                    help="download missing datasets where torchvision can (CIFAR, Omniglot)")
     p.add_argument("--tracking-uri", default=None, help="MLflow (default sqlite:///./mlflow.db)")
@@ -30,10 +116,14 @@ def study_parser(description: str, presets: list[str]) -> argparse.ArgumentParse
                         "beside a sqlite MLflow store, else ./optuna.db; 'none': in memory)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted study (and its Optuna study)")
-    p.add_argument("--results-dir", default="results")
+    p.add_argument("--results-dir", default="results",
+                   help="where the results table and its figures are written")
     p.add_argument("--no-search", action="store_true", help="run the ablation rows only")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key of every trial")
+                   help="override any config key of every trial (repeatable)")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's own output on the console too (always kept in "
+                        "<storage>/<study>-console.log)")
     return p
 
 
@@ -43,9 +133,11 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
     """Parse flags, build the preset's Study, apply overrides, run it."""
     from dataclasses import replace
 
+    if _describe_only:
+        raise _Described(StudyInfo(build, description, list(presets)))
     from kdray.runtime.tune import run_study
 
-    args = study_parser(description, presets).parse_args(argv)
+    args = study_parser(description, presets, build).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         study = build(args.preset)
