@@ -135,6 +135,7 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
 
     if _describe_only:
         raise _Described(StudyInfo(build, description, list(presets)))
+    from kdray.runtime.console import StudyConsole, console_log_path
     from kdray.runtime.tune import run_study
 
     args = study_parser(description, presets, build).parse_args(argv)
@@ -154,11 +155,16 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
                                num_samples=args.num_samples, seeds=args.seeds)
         if args.no_search:
             study = replace(study, space={})
-        if before is not None:
-            study = before(study, args)
-        return run_study(study, address=args.address, storage_path=args.storage_path,
-                         tracking_uri=args.tracking_uri, resume=args.resume,
-                         results_dir=args.results_dir, header={"preset": args.preset},
-                         optuna_storage=args.optuna_storage)
+        log_path = console_log_path(args.storage_path, study.name)
+        with StudyConsole(study, log_path, verbose=args.verbose) as shown:
+            if not args.verbose:
+                shown.write(f"[kdray] {study.name}: {study_cost(study)}; Ray's output: "
+                            f"{os.path.relpath(log_path)} (--verbose shows it here)")
+            if before is not None:
+                study = before(study, args)
+            return run_study(study, address=args.address, storage_path=args.storage_path,
+                             tracking_uri=args.tracking_uri, resume=args.resume,
+                             results_dir=args.results_dir, header={"preset": args.preset},
+                             optuna_storage=args.optuna_storage)
     except (ConfigError, FileNotFoundError) as e:  # bad input: say what, no traceback
         raise SystemExit(f"error: {e}") from None

@@ -143,7 +143,7 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
             rec = json.load(f)
         if rec.get("config") == cfg.to_dict() and os.path.isfile(rec["checkpoint"]):
             log.info("stage %s: reusing %s", name, rec["checkpoint"])
-            print(f"[kdray] stage {name}: reusing finished checkpoint {rec['checkpoint']}")
+            _stage_done(name, True, rec["checkpoint"])
             return StageResult(rec["checkpoint"], rec["metrics"], rec.get("mlflow_run_id"), True)
     # The run folder is keyed by the config: an interrupted stage resumes its own checkpoints,
     # a stage whose config changed starts afresh instead of resuming the old run's.
@@ -158,7 +158,18 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
     with open(record, "w") as f:
         json.dump({"checkpoint": ckpt, "metrics": res.metrics, "config": cfg.to_dict(),
                    "mlflow_run_id": res.mlflow_run_id}, f, indent=2)
+    _stage_done(name, False, ckpt)
     return StageResult(ckpt, res.metrics, res.mlflow_run_id, False)
+
+
+def _stage_done(name: str, reused: bool, checkpoint: str) -> None:
+    from kdray.runtime import console
+
+    shown = console.active()
+    if shown is not None:
+        shown.stage(name, reused=reused, summary=os.path.relpath(checkpoint))
+    else:
+        print(f"[kdray] stage {name}: {'reusing' if reused else 'trained'} {checkpoint}")
 
 
 def study_stage(study: Study, args: Any, cfg: ExperimentConfig, suffix: str) -> StageResult:

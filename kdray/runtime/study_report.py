@@ -91,8 +91,23 @@ def report(study: Study, trials: list[dict], best: dict | None, client, parent: 
                                                          "metrics", "config")},
                                  "selected_on": study.select_key}, "best.json")
     client.set_terminated(parent, "FINISHED")
-    print(text)
+    show_results(text, path, client, parent)
     return rows, path
+
+
+def show_results(text: str, path: str, client, parent: str) -> None:
+    """The console's end: the results tables (not the header), where the file is, and the study
+    run's page in MLflow's UI with the command that serves it."""
+    from kdray.runtime.console import emit
+    from kdray.runtime.mlflow_store import ui_command, ui_url
+    from kdray.study.progress import console_table
+
+    uri = client.tracking_uri
+    exp_id = client.get_run(parent).info.experiment_id
+    emit(console_table(text))
+    emit(f"[kdray] results: {path}")
+    cmd = ui_command(portable_uri(uri))
+    emit(f"[kdray] MLflow: {ui_url(uri, exp_id, parent)}" + (f"  (serve it: {cmd})" if cmd else ""))
 
 
 def _metric_line(study: Study) -> str:

@@ -74,9 +74,14 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         log.info("%s: no samples left to run", path)
         return []
     else:
+        from kdray.runtime import console
+
+        shown = console.active()  # kdray's console: one line per trial epoch (driver-side)
         run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
-                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1,
-                                 callbacks=list(callbacks or []))  # Tune appends to it
+                                 failure_config=tune.FailureConfig(max_failures=0),
+                                 verbose=console.tune_verbose(),
+                                 callbacks=list(callbacks or []) + (  # Tune appends to it
+                                     [shown.callback(phase, index)] if shown else []))
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
                            tune_config=_tune_config(study, search, num_samples, scheduler, index,
                                                     ranked=phase == "search",

@@ -1,0 +1,51 @@
+"""The Tune side of kdray.runtime.console: a driver-side ray.tune.Callback that hands each
+phase's trial events to the active study console. It holds no console itself (Tune pickles its
+callbacks with the experiment state; a restored Tuner then reports to the console of the
+process that restored it)."""
+
+from __future__ import annotations
+
+from ray.tune import Callback
+
+from kdray.runtime import console
+from kdray.study.progress import run_name
+
+
+class ConsoleCallback(Callback):
+    """`phase`: grid | search | best; `index(trial_id)`: the trial's number in its phase."""
+
+    def __init__(self, phase: str, index) -> None:
+        self.phase, self.index = phase, index
+
+    def _name(self, trial) -> str:
+        return run_name(self.phase, dict(trial.config or {}), self.index(trial.trial_id))
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        c = console.active()
+        if c is not None:
+            c.progress.start(trial.trial_id, self.phase, self._name(trial))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        c = console.active()
+        if c is not None:
+            c.lines(c.progress.result(trial.trial_id, self.phase, self._name(trial), result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        c = console.active()
+        if c is not None:
+            c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial)))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        c = console.active()
+        if c is None:
+            return
+        try:
+            err = repr(trial.get_pickled_error() or trial.get_error())
+        except Exception:  # the error file may be gone; the log has the traceback
+            err = "see the console log"
+        c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial), error=err))
+
+    def on_step_end(self, iteration, trials, **info):
+        c = console.active()
+        if c is not None:
+            c.lines(c.progress.tick())

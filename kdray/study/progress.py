@@ -1,0 +1,193 @@
+"""The study's console, as plain text: one line per trial epoch and a study line on each trial's
+end and every ~30 s (stages, grid i/n, search i/n, running, elapsed, ETA from measured epoch
+times, best so far on val). No Ray: kdray.runtime.console feeds it Tune's events and prints what
+it returns, so a recorded sequence of events can be replayed in a test."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdray.study.spec import BEST_LABEL, ROW_KEY, SEED_KEY, Study
+
+PHASES = ("grid", "search", "best")
+
+
+def duration(seconds: float) -> str:
+    """`42s`, `3m05s`, `1h02m`."""
+    s = int(round(max(0.0, seconds)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def short_value(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return ",".join(short_value(x) for x in v)
+    return str(v)
+
+
+def run_name(phase: str, params: Mapping[str, Any], index: int = 0) -> str:
+    """A trial's readable name (console and MLflow): `+ supervised [CLS] (Eq. 3) · s0` for a
+    row, `search 03 · w_patch=1.1 teacher_temp=0.0615` for a searched point,
+    `best searched (val-selected) · s0` for its re-run; `stage · NAME` for a stage."""
+    seed = f" · s{params[SEED_KEY]}" if SEED_KEY in params else ""
+    if phase == "stage":
+        return f"stage · {params.get('name', '')}"
+    if phase == "search":
+        pts = " ".join(f"{k.split('.')[-1]}={short_value(v)}" for k, v in params.items()
+                       if k not in (ROW_KEY, SEED_KEY))
+        return f"search {index:02d}" + (f" · {pts}" if pts else "") + seed
+    if phase == "best":
+        return BEST_LABEL + seed
+    return str(params.get(ROW_KEY, f"trial {index:02d}")) + seed
+
+
+@dataclass
+class _Trial:
+    name: str
+    phase: str
+    started: float
+    last: float
+    epoch: int = 0
+    done: bool = False
+    epoch_times: list[float] = field(default_factory=list)
+
+
+class Progress:
+    """Turns trial events into console lines. `clock`: seconds (time.monotonic by default);
+    `every`: seconds between study lines when nothing else reported."""
+
+    def __init__(self, study: Study, *, clock: Callable[[], float] = time.monotonic,
+                 every: float = 30.0) -> None:
+        self.study, self.clock, self.every = study, clock, every
+        self.t0 = clock()
+        self.last_line = self.t0
+        self.epochs = study.base.train.epochs
+        seeds = len(study.seeds)
+        grid = (len(study.rows) or 1) * seeds if (study.rows or not study.space) else 0
+        self.total = {"grid": grid, "search": study.num_samples if study.space else 0,
+                      "best": seeds if study.space else 0}
+        self.trials: dict[str, _Trial] = {}
+        self.stages: list[str] = []
+        self.best_val: tuple[float, str] | None = None
+        self.peak = 1  # most trials seen running at once
+
+    # ------------------------------------------------------------------ events
+    def stage(self, name: str, *, reused: bool = False, summary: str = "") -> list[str]:
+        self.stages.append(name)
+        how = "reused" if reused else f"trained in {duration(self.clock() - self.t0)}"
+        return self._out([f"[kdray] stage {name} ✓ ({how}){': ' + summary if summary else ''}"])
+
+    def start(self, key: str, phase: str, name: str) -> list[str]:
+        now = self.clock()
+        self.trials.setdefault(key, _Trial(name, phase, now, now))
+        self.peak = max(self.peak, sum(not t.done for t in self.trials.values()))
+        return []
+
+    def result(self, key: str, phase: str, name: str, metrics: Mapping[str, Any]) -> list[str]:
+        """One trial epoch: `grid  + supervised [CLS] (Eq. 3) · s0  epoch 1/2  loss 5.41
+        test/acc_5w1s 33.77 ± 1.26  12.3 s/epoch`."""
+        self.start(key, phase, name)
+        t, now = self.trials[key], self.clock()
+        epoch = int(metrics.get("epoch", t.epoch + 1))
+        took = (now - t.last) / max(1, epoch - t.epoch)
+        t.epoch_times.append(took)
+        t.epoch, t.last = epoch, now
+        mkey = self.study.select_key if phase == "search" else self.study.key()
+        v = metrics.get(mkey)
+        if phase == "search" and _finite(v):
+            sign = 1 if self.study.mode == "max" else -1
+            if self.best_val is None or sign * float(v) > sign * self.best_val[0]:
+                self.best_val = (float(v), name)
+        score = f"{mkey} –"
+        if _finite(v):
+            ci = metrics.get(mkey + "_ci95")
+            score = f"{mkey} {float(v):.2f}" + (f" ± {float(ci):.2f}" if _finite(ci) else "")
+        loss = metrics.get("train/loss")
+        loss_s = f"loss {float(loss):.4g}" if _finite(loss) else "loss –"
+        return self._out([f"{_prefix(phase, name)}{name}  epoch {epoch}/{self.epochs}  {loss_s}  "
+                          f"{score}  {took:.1f} s/epoch"])
+
+    def complete(self, key: str, phase: str, name: str, error: str | None = None) -> list[str]:
+        self.start(key, phase, name)
+        t = self.trials[key]
+        t.done = True
+        lines = []
+        if error:
+            lines.append(f"{_prefix(phase, name)}{name}  ✗ failed: "
+                         f"{error.strip().splitlines()[-1][:160]}")
+        elif t.epoch < self.epochs:
+            lines.append(f"{_prefix(phase, name)}{name}  stopped at epoch {t.epoch}/{self.epochs}"
+                         " (ASHA)")
+        return self._out(lines + [self.study_line()])
+
+    def tick(self) -> list[str]:
+        """A study line when nothing was printed for `every` seconds."""
+        if self.clock() - self.last_line >= self.every:
+            return self._out([self.study_line()])
+        return []
+
+    # ------------------------------------------------------------------ lines
+    def study_line(self) -> str:
+        now = self.clock()
+        parts = []
+        if self.stages:
+            parts.append(f"stages {len(self.stages)} ✓")
+        for phase in PHASES:
+            if self.total[phase]:
+                done = sum(t.done for t in self.trials.values() if t.phase == phase)
+                parts.append(f"{phase} {done}/{self.total[phase]}")
+        running = sum(not t.done for t in self.trials.values())
+        parts.append(f"running {running}")
+        parts.append(f"{duration(now - self.t0)} elapsed")
+        eta = self.eta()
+        parts.append(f"ETA ~{duration(eta)}" if eta is not None else "ETA –")
+        best = self.best_val
+        parts.append(f"best {self.study.select_key} {best[0]:.2f} ({best[1]})" if best
+                     else f"best {self.study.select_key} –")
+        return "study  " + " · ".join(parts)
+
+    def eta(self) -> float | None:
+        """Epochs left (unfinished trials' rest and trials not started, at full length) times the
+        mean measured epoch time, over the trials seen running at once (at least 1)."""
+        times = [x for t in self.trials.values() for x in t.epoch_times]
+        if not times:
+            return None
+        left = sum(self.epochs - t.epoch for t in self.trials.values() if not t.done)
+        for phase in PHASES:
+            seen = sum(t.phase == phase for t in self.trials.values())
+            left += max(0, self.total[phase] - seen) * self.epochs
+        return left * (sum(times) / len(times)) / self.peak
+
+    def _out(self, lines: list[str]) -> list[str]:
+        if lines:
+            self.last_line = self.clock()
+        return lines
+
+
+def _prefix(phase: str, name: str) -> str:
+    """The phase in front of a trial's line, unless its name starts with it (`search 03`)."""
+    return "" if name.startswith(phase) else f"{phase:<6} "
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def console_table(results_md: str) -> str:
+    """The part of a results file the console shows at the end: its tables and notes, not the
+    header (the study's facts stay in the file)."""
+    lines = results_md.splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith("|")), 0)
+    return "\n".join(lines[first:]).strip()
