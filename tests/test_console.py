@@ -57,37 +57,47 @@ def test_recorded_events_give_the_expected_lines():
                                        "test/acc_5w1s_ci95": 1.04})
     out += p.complete("g0", "grid", b)
     clock.t = 115
-    out += p.tick()  # 35 s of silence: a study line
+    out += p.tick()  # 35 s of silence, but nothing moved but the clock: not yet
+    clock.t = 150
+    out += p.tick()
+    clock.t = 160
+    out += p.result("g1", "grid", a, {"epoch": 1, "train/loss": 4.0})
     out += p.result("g1", "grid", a, {"epoch": 2, "train/loss": 4.0, "test/acc_5w1s": 33.77,
                                        "test/acc_5w1s_ci95": 1.26})
     out += p.complete("g1", "grid", a)
     s = "search 00 · w_patch=1.1"
     out += p.start("x", "search", s)
-    clock.t = 125
+    clock.t = 185
     out += p.result("x", "search", s, {"epoch": 1, "train/loss": 3.0, "val/acc_5w1s": 27.5,
                                         "val/acc_5w1s_ci95": 0.9})
     out += p.complete("x", "search", s)
     out += p.complete("y", "search", "search 01 · w_patch=0.2", error="RuntimeError('boom')")
+    clock.t = 300
+    out += p.tick()  # 115 s, and the state moved since the last study line? no: nothing
+    clock.t = 310
+    out += p.tick()  # 4 x 30 s of silence: the study line again
     assert out == [
         "[kdray] stage s_smoke-phase1 ✓ (trained in 1m00s)",
-        "grid   phase 1 only · s0  epoch 1/2  loss 5.412  test/acc_5w1s –  10.0 s/epoch",
+        "grid   phase 1 only · s0  epoch 1/2  loss 5.412  test/acc_5w1s –  10.0 s incl. start-up",
         "grid   phase 1 only · s0  epoch 2/2  loss 5.1  test/acc_5w1s 29.59 ± 1.04  10.0 s/epoch",
         "study  stages 1 ✓ · grid 1/2 · search 0/2 · best 0/1 · running 1 · 1m20s elapsed · "
         "ETA ~40s · best val/acc_5w1s –",
-        "study  stages 1 ✓ · grid 1/2 · search 0/2 · best 0/1 · running 1 · 1m55s elapsed · "
-        "ETA ~40s · best val/acc_5w1s –",
+        "grid   + supervised [CLS] (Eq. 3) · s0  epoch 1/2  loss 4  test/acc_5w1s –  "
+        "100.0 s incl. start-up",
         "grid   + supervised [CLS] (Eq. 3) · s0  epoch 2/2  loss 4  test/acc_5w1s 33.77 ± 1.26  "
-        "27.5 s/epoch",
-        "study  stages 1 ✓ · grid 2/2 · search 0/2 · best 0/1 · running 0 · 1m55s elapsed · "
-        "ETA ~48s · best val/acc_5w1s –",
+        "0.0 s/epoch",
+        "study  stages 1 ✓ · grid 2/2 · search 0/2 · best 0/1 · running 0 · 2m40s elapsed · "
+        "ETA ~1m30s · best val/acc_5w1s –",
         "search 00 · w_patch=1.1  epoch 1/2  loss 3  val/acc_5w1s 27.50 ± 0.90  "
-        "10.0 s/epoch",
+        "25.0 s incl. start-up",
         "search 00 · w_patch=1.1  stopped at epoch 1/2 (ASHA)",
-        "study  stages 1 ✓ · grid 2/2 · search 1/2 · best 0/1 · running 0 · 2m05s elapsed · "
-        "ETA ~29s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "study  stages 1 ✓ · grid 2/2 · search 1/2 · best 0/1 · running 0 · 3m05s elapsed · "
+        "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
         "search 01 · w_patch=0.2  ✗ failed: RuntimeError('boom')",
-        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 2m05s elapsed · "
-        "ETA ~14s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 3m05s elapsed · "
+        "ETA ~25s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 5m10s elapsed · "
+        "ETA ~25s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
     ]
 
 

@@ -39,13 +39,27 @@ class ConsoleCallback(Callback):
         c = console.active()
         if c is None:
             return
-        try:
-            err = repr(trial.get_pickled_error() or trial.get_error())
-        except Exception:  # the error file may be gone; the log has the traceback
-            err = "see the console log"
-        c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial), error=err))
+        c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial),
+                                    error=_error_line(trial)))
 
     def on_step_end(self, iteration, trials, **info):
         c = console.active()
         if c is not None:
             c.lines(c.progress.tick())
+
+
+def _error_line(trial) -> str:
+    """The last line of the trial's error (its error.txt holds the worker's traceback)."""
+    try:
+        path = trial.error_file
+        if path:
+            with open(path) as f:
+                lines = [x for x in f.read().splitlines() if x.strip()]
+            if lines:
+                return lines[-1].strip()
+        err = trial.get_pickled_error() or trial.get_error()
+        if err is not None:
+            return repr(err)
+    except Exception:  # noqa: S110 - the console log has the traceback
+        pass
+    return "see the console log"

@@ -58,6 +58,7 @@ class _Trial:
     last: float
     epoch: int = 0
     done: bool = False
+    first: float | None = None  # start to first report: start-up + first epoch
     epoch_times: list[float] = field(default_factory=list)
 
 
@@ -79,6 +80,7 @@ class Progress:
         self.stages: list[str] = []
         self.best_val: tuple[float, str] | None = None
         self.peak = 1  # most trials seen running at once
+        self.last_state: tuple = ()
 
     # ------------------------------------------------------------------ events
     def stage(self, name: str, *, reused: bool = False, summary: str = "") -> list[str]:
@@ -99,7 +101,11 @@ class Progress:
         t, now = self.trials[key], self.clock()
         epoch = int(metrics.get("epoch", t.epoch + 1))
         took = (now - t.last) / max(1, epoch - t.epoch)
-        t.epoch_times.append(took)
+        if t.first is None:
+            t.first = now - t.last
+        else:
+            t.epoch_times.append(took)
+        started = t.epoch == 0
         t.epoch, t.last = epoch, now
         mkey = self.study.select_key if phase == "search" else self.study.key()
         v = metrics.get(mkey)
@@ -113,8 +119,9 @@ class Progress:
             score = f"{mkey} {float(v):.2f}" + (f" ± {float(ci):.2f}" if _finite(ci) else "")
         loss = metrics.get("train/loss")
         loss_s = f"loss {float(loss):.4g}" if _finite(loss) else "loss –"
+        pace = f"{took:.1f} s incl. start-up" if started else f"{took:.1f} s/epoch"
         return self._out([f"{_prefix(phase, name)}{name}  epoch {epoch}/{self.epochs}  {loss_s}  "
-                          f"{score}  {took:.1f} s/epoch"])
+                          f"{score}  {pace}"])
 
     def complete(self, key: str, phase: str, name: str, error: str | None = None) -> list[str]:
         self.start(key, phase, name)
@@ -130,13 +137,21 @@ class Progress:
         return self._out(lines + [self.study_line()])
 
     def tick(self) -> list[str]:
-        """A study line when nothing was printed for `every` seconds."""
-        if self.clock() - self.last_line >= self.every:
-            return self._out([self.study_line()])
-        return []
+        """A study line when nothing was printed for `every` seconds; when only the clock moved
+        since the last study line, every 4 x `every` seconds."""
+        now = self.clock()
+        if now - self.last_line < self.every:
+            return []
+        if self._state() == self.last_state and now - self.last_line < 4 * self.every:
+            return []
+        return self._out([self.study_line()])
 
     # ------------------------------------------------------------------ lines
+    def _state(self) -> tuple:
+        return tuple((t.phase, t.epoch, t.done) for t in self.trials.values())
+
     def study_line(self) -> str:
+        self.last_state = self._state()
         now = self.clock()
         parts = []
         if self.stages:
@@ -156,16 +171,24 @@ class Progress:
         return "study  " + " · ".join(parts)
 
     def eta(self) -> float | None:
-        """Epochs left (unfinished trials' rest and trials not started, at full length) times the
-        mean measured epoch time, over the trials seen running at once (at least 1)."""
-        times = [x for t in self.trials.values() for x in t.epoch_times]
-        if not times:
+        """Time left, over the most trials seen running at once: the measured start-up plus
+        first epoch of each trial not yet reported, and the mean measured later epoch for every
+        epoch after that (unfinished trials at full length; ASHA may stop some earlier)."""
+        firsts = [t.first for t in self.trials.values() if t.first is not None]
+        if not firsts:
             return None
-        left = sum(self.epochs - t.epoch for t in self.trials.values() if not t.done)
+        times = [x for t in self.trials.values() for x in t.epoch_times]
+        first = sum(firsts) / len(firsts)
+        per_epoch = sum(times) / len(times) if times else first
+        left = 0.0
+        for t in self.trials.values():
+            if not t.done:
+                left += (first + (self.epochs - 1) * per_epoch if t.first is None
+                         else (self.epochs - t.epoch) * per_epoch)
         for phase in PHASES:
             seen = sum(t.phase == phase for t in self.trials.values())
-            left += max(0, self.total[phase] - seen) * self.epochs
-        return left * (sum(times) / len(times)) / self.peak
+            left += max(0, self.total[phase] - seen) * (first + (self.epochs - 1) * per_epoch)
+        return left / self.peak
 
     def _out(self, lines: list[str]) -> list[str]:
         if lines:
