@@ -33,10 +33,14 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
 
         from kdray.runtime.driver import make_trainer
 
+        from kdray.study.progress import run_name, run_tags, trial_index
+
         ctx = tune.get_context()
         cfg = study.trial_config(params)
         name = ctx.get_trial_name()
-        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}", run_name=name)
+        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}",
+                  run_name=run_name(phase, params, trial_index(name)),
+                  tags=run_tags(phase, params, cfg))
         make_trainer(cfg, run_name=f"{study.name}-{phase}-{ctx.get_trial_id()}",
                      storage_path=storage_path, tracking=tr, in_tune=True).fit()
         log.info("trial %s finished", name)

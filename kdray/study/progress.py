@@ -214,3 +214,23 @@ def console_table(results_md: str) -> str:
     lines = results_md.splitlines()
     first = next((i for i, line in enumerate(lines) if line.startswith("|")), 0)
     return "\n".join(lines[first:]).strip()
+
+
+#: kdray.phase tag of each Tune phase (the val-selected point's re-run is the "final" one)
+PHASE_TAG = {"grid": "grid", "search": "search", "best": "final", "stage": "stage"}
+
+
+def run_tags(phase: str, params: Mapping[str, Any], cfg) -> dict[str, str]:
+    """MLflow tags of a trial or stage run, for grouping and filtering in the UI: kdray.row,
+    kdray.seed, kdray.phase (stage | grid | search | final), kdray.split, kdray.method."""
+    row = params.get(ROW_KEY) or {"best": BEST_LABEL, "search": "search"}.get(phase, phase)
+    return {"kdray.row": str(row), "kdray.seed": str(cfg.seed), "kdray.phase": PHASE_TAG[phase],
+            "kdray.split": cfg.eval.split, "kdray.method": cfg.method}
+
+
+def trial_index(trial_name: str) -> int:
+    """The number in a Tune trial name made by kdray.study.spec.trial_name (`a-t003-s0`)."""
+    import re
+
+    m = re.search(r"(?:^|-)t(\d+)(?:-|$)", trial_name)
+    return int(m.group(1)) if m else 0
