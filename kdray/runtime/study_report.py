@@ -87,13 +87,34 @@ def report(study: Study, trials: list[dict], best: dict | None, client, parent: 
     text = write_results_md(study, rows, path, header=header)
     client.log_text(parent, text, f"results/{study.name}.md")
     describe_study_run(study, client, parent, rows, text)
+    chart = ablation_chart(study, rows, client, parent, os.path.dirname(path) or ".")
     if best is not None:
         client.log_dict(parent, {**{k: best[k] for k in ("name", "label", "seed", "params",
                                                          "metrics", "config")},
                                  "selected_on": study.select_key}, "best.json")
     client.set_terminated(parent, "FINISHED")
     show_results(text, path, client, parent)
+    if chart:
+        from kdray.runtime.console import emit
+
+        emit(f"[kdray] ablation chart: {chart}")
     return rows, path
+
+
+def ablation_chart(study: Study, rows: list[dict[str, Any]], client, parent: str,
+                   results_dir: str) -> str | None:
+    """results/<study>_ablation.png (kdray.study.figures), also logged to the study run as
+    figures/ablation.png; a failing figure is logged and never costs the study its table."""
+    from kdray.study.figures import plot_ablation
+
+    path = os.path.join(results_dir, f"{study.name}_ablation.png")
+    try:
+        plot_ablation(study, rows, path)
+        client.log_artifact(parent, path, "figures")
+    except Exception:
+        log.exception("ablation chart failed")
+        return None
+    return path
 
 
 def slug(label: str) -> str:
