@@ -181,7 +181,7 @@ class StudyConsole:
         """A ray.tune.Callback feeding the active console the phase's trial events."""
         from kdray.runtime.console_tune import ConsoleCallback
 
-        return ConsoleCallback(phase, index)
+        return ConsoleCallback(phase, index, active)
 
 
 def console_log_path(storage_path: str | None, study_name: str) -> str:
