@@ -84,15 +84,36 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_study(args, rest: list[str]) -> int:
-    path = args.study
-    if not path.endswith(".py"):
-        path = os.path.join("studies", f"{path}.py")
+def studies_dir() -> str:
+    """`studies/` of the working directory, else of the repository kdray is installed from."""
+    here = "studies"
+    if os.path.isdir(here):
+        return here
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "studies")
+
+
+def study_path(name: str) -> str:
+    path = name if name.endswith(".py") else os.path.join(studies_dir(), f"{name}.py")
     if not os.path.isfile(path):
+        known = ", ".join(sorted(study_names())) or "none"
         raise ConfigError(f"no study script at {path!r}: run from the repository root, or pass a "
-                          f"study name ({', '.join(_study_names()) or 'none found in ./studies'}) "
-                          "or a path to a script")
+                          f"study name ({known}) or a path to a script")
+    return path
+
+
+def study_names() -> list[str]:
+    d = studies_dir()
+    return sorted(f[:-3] for f in os.listdir(d) if f.endswith(".py")) if os.path.isdir(d) else []
+
+
+def cmd_study(args, rest: list[str]) -> int:
+    from kdray.runtime import cli_study
+
+    if args.list or not args.study:
+        return cmd_study_list()
+    path = study_path(args.study)
     sys.argv = [path, *rest]
+    cli_study.prog = f"kdray study {args.study}"
     try:
         runpy.run_path(path, run_name="__main__")
     except SystemExit as e:  # the script's own exit: 2 for a user error, argparse's codes
@@ -100,12 +121,28 @@ def cmd_study(args, rest: list[str]) -> int:
             return e.code or 0
         print(e.code, file=sys.stderr)
         return 1
+    finally:
+        cli_study.prog = None
     return 0
 
 
-def _study_names() -> list[str]:
-    return sorted(f[:-3] for f in os.listdir("studies") if f.endswith(".py")) if os.path.isdir(
-        "studies") else []
+def _first_sentence(doc: str) -> str:
+    """The docstring's first paragraph on one line, less its "Writes ..." sentence."""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    return para.split(" Writes ")[0]
+
+
+def cmd_study_list() -> int:
+    """`kdray study --list`: every study script, its first docstring line and its presets with a
+    rough cost (and the wall time of the last run where results/ has one)."""
+    from kdray.runtime.cli_study import describe, preset_lines
+
+    for name in study_names():
+        info = describe(os.path.join(studies_dir(), f"{name}.py"))
+        print(f"{name}: {_first_sentence(info.description)}")
+        print("\n".join(preset_lines(info.build, info.presets)))
+    print("\nrun: kdray study NAME --preset P   (kdray study NAME --help: its flags and defaults)")
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -143,11 +180,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from kdray.engine.preflight import check_locations
-    from kdray.runtime.mlflow_store import study_table
+    """`kdray report NAME [--preset P] [--url]`: the study's table (or its MLflow UI link) from an
+    existing store; never creates one."""
+    from kdray.runtime.mlflow_store import open_store, resolve_study, study_table, study_url
 
-    check_locations(tracking_uri=args.tracking_uri, create=False)
-    print(study_table(args.study, args.tracking_uri))
+    client = open_store(args.tracking_uri)
+    name = resolve_study(client, args.study, args.preset)
+    print(study_url(client, name) if args.url else study_table(name, client=client))
     return 0
 
 
@@ -195,22 +234,36 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--tracking-uri", default=None)
     t.add_argument("--no-ray", action="store_true", help="single process, no Ray/MLflow")
     t.add_argument("--out", default="runs/debug", help="checkpoint dir with --no-ray")
-    s = sub.add_parser("study", help="run studies/<name>.py (flags after the name go to it)", parents=[common])
-    s.add_argument("study", help="study name (e.g. kd_sweep) or path to a study script")
-    e = sub.add_parser("eval", help="evaluate a checkpoint (few-shot or top-1) on its eval split", parents=[common])
+    s = sub.add_parser("study", help="run studies/<name>.py (flags after the name go to it; "
+                                     "`kdray study NAME --help` shows them)", parents=[common])
+    s.add_argument("study", nargs="?", help="study name (e.g. kd_sweep) or path to a study script")
+    s.add_argument("--list", action="store_true", help="list the studies, presets and rough cost")
+    e = sub.add_parser("eval", help="evaluate a checkpoint (few-shot or top-1) on its eval split",
+                       parents=[common])
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    r = sub.add_parser("report", help="print a study's results table from MLflow", parents=[common])
-    r.add_argument("study")
-    r.add_argument("--tracking-uri", default=None)
-    g = sub.add_parser("ledger", help="the reproduction ledger (paper cells vs our runs) from MLflow", parents=[common])
+    r = sub.add_parser("report", help="print a study's results table from MLflow",
+                       parents=[common])
+    r.add_argument("study", help="study name, e.g. smkd_ablation_smoke, or smkd_ablation with "
+                                 "--preset smoke")
+    r.add_argument("--preset", default=None)
+    r.add_argument("--url", action="store_true", help="print the study's MLflow UI link instead")
+    r.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else "
+                                                        "sqlite:///mlflow.db")
+    g = sub.add_parser("ledger", help="the reproduction ledger (paper cells vs our runs) from MLflow",
+                       parents=[common])
     g.add_argument("--tracking-uri", default=None)
     g.add_argument("--out", default="results", help="folder for LEDGER.md and ledger.csv")
     c = sub.add_parser("cluster", help="cluster launcher files: `kdray cluster validate FILE`", parents=[common])
     c.add_argument("action", choices=["validate"],
                    help="validate: the checks `ray up` makes before it calls a cloud API")
     c.add_argument("file", help="a `ray up` cluster YAML, e.g. clusters/aws.yaml")
-    args, rest = p.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) > 1 and argv[0] == "study" and not argv[1].startswith("-"):
+        args = argparse.Namespace(cmd="study", study=argv[1], list=False, debug=False)
+        rest = argv[2:]
+    else:  # the study's own flags (and --help) go to its script, not to this parser
+        args, rest = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.cmd == "study":
         if args.debug:

@@ -68,3 +68,66 @@ def test_train_no_ray_then_eval_checkpoint(tmp_path, synth_root, capsys):
     evaluated = json.loads(capsys.readouterr().out)
     # same weights, same episode ids -> the same number as the end of training
     assert evaluated["test/acc_5w1s"] == trained["test/acc_5w1s"]
+
+
+def test_study_list_names_studies_presets_and_cost(capsys):
+    """`kdray study --list`: every study, its presets and a rough cost, without running one."""
+    assert main(["study", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "smkd_ablation:" in out and "kd_sweep:" in out
+    assert "  smoke: 8 trials (5 rows x 1 seed, 2 searched, 1 val-selected x 1 seed)" in out
+    assert "  cifar_fs:" in out and "8 workers x 1 GPU" in out
+
+
+def test_study_name_help_is_the_studys_own(capsys):
+    """`kdray study NAME --help`: that study's flags, presets and defaults, docstring as written."""
+    with pytest.raises(SystemExit) as e:
+        main(["study", "smkd_ablation", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: kdray study smkd_ablation")
+    assert "--preset {smoke,cifar_fs,fc100,mini_imagenet}" in out and "(default: smoke)" in out
+    assert "\n    python studies/smkd_ablation.py --preset smoke" in out  # not reflowed
+    assert "presets (rough cost" in out and "--verbose" in out
+
+
+def _store_with_study(tmp_path, name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    from kdray.runtime.mlflow_store import get_or_create_experiment
+    from kdray.runtime.tracking import start_study_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = get_or_create_experiment(MlflowClient(uri), name)
+    run = start_study_run(uri, exp, name)
+    MlflowClient(uri).log_text(run, "| table |\n", f"results/{name}.md")
+    return uri
+
+
+def test_report_resolves_names_and_never_creates_a_store(tmp_path, capsys, monkeypatch):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main(["report", "smkd_ablation"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert list(empty.iterdir()) == []  # nothing left behind
+    uri = _store_with_study(tmp_path, "smkd_ablation_smoke")
+    assert main(["report", "smkd_ablation", "--tracking-uri", uri]) == 0
+    assert "| table |" in capsys.readouterr().out
+    assert main(["report", "smkd_ablation", "--preset", "smoke", "--url",
+                 "--tracking-uri", uri]) == 0
+    out = capsys.readouterr().out
+    assert "http://127.0.0.1:5000/#/experiments/" in out and "mlflow ui --backend-store-uri" in out
+    assert main(["report", "dkd_ablation", "--tracking-uri", uri]) == 2
+    assert "studies there: smkd_ablation_smoke" in capsys.readouterr().err
+
+
+def test_experiments_open_in_the_training_layout(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from kdray.runtime.mlflow_store import TAG_EXPERIMENT_KIND, get_or_create_experiment
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp = client.get_experiment(get_or_create_experiment(client, "x"))
+    assert exp.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"

@@ -94,9 +94,10 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
     assert run.info.status == "FINISHED"
     assert run.data.params["model.arch"] == "conv2" and run.data.params["resources.num_workers"] == "2"
     hist = client.get_metric_history(run.info.run_id, "test/acc_5w1s")
-    assert [m.step for m in hist] == [1, 2, 3]
+    assert [m.step for m in hist] == [5, 10, 15]  # the global step at each epoch's end
     assert hist[-1].value == pytest.approx(clean.metrics["test/acc_5w1s"])
-    assert len(client.get_metric_history(run.info.run_id, "train/loss")) >= 3 + 3  # steps + epochs
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3  # epoch means
+    assert len(client.get_metric_history(run.info.run_id, "train_step/loss")) >= 3  # steps
     local = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / "dl")))
     names = {str(p.relative_to(local)) for p in local.rglob("*") if p.is_file()}
     for need in ("config.json", "environment.json", "eval/episodes.parquet", "eval/summary.json",
@@ -147,14 +148,15 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id], "tags.`kdray.role` = 'trial'")
-    by_label = {r.data.tags["mlflow.runName"].split("-")[0]: r for r in runs}
+    by_label = {r.data.tags["kdray.row"]: r for r in runs}
+    assert by_label["a"].data.tags["mlflow.runName"] == "a · s0"
     assert set(by_label) == {"a", "b", "oversized", "c"}, sorted(by_label)
     assert by_label["oversized"].info.status == "FAILED"
     for label in ("a", "b", "c"):
         assert by_label[label].info.status == "FINISHED", label
     for key, run_id in first.items():  # finished before the interrupt: never trained again
         epochs = client.get_metric_history(run_id, "epoch")
-        assert [m.step for m in epochs] == [1, 2], (key, [m.step for m in epochs])
+        assert [m.step for m in epochs] == [4, 8], (key, [m.step for m in epochs])
     table = (tmp_path / "results" / "tiny.md").read_text()
     from kdray.runtime.mlflow_store import study_table
 

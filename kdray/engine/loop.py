@@ -35,6 +35,7 @@ class EpochEnd:
     records: dict[str, list[dict]]   # evaluation tables (e.g. per-episode rows); {} if no eval
     is_last: bool
     make_state: Callable[[], dict[str, Any]]  # builds the checkpoint state on demand
+    step: int = 0                    # global optimizer steps done at the end of this epoch
 
 
 @dataclass
@@ -121,7 +122,7 @@ def fit(method: Method, loader, cfg: ExperimentConfig, *, device: torch.device,
                  " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         if cb.on_epoch_end is not None:
             cb.on_epoch_end(EpochEnd(epoch, dict(metrics), records, is_last,
-                                     run.state_maker(epoch)))
+                                     run.state_maker(epoch), step=run.it))
     return FitResult(metrics=dict(metrics), history=run.history)
 
 

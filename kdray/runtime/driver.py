@@ -75,7 +75,8 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
 def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str | None = None,
         tracking_uri: str | None = None, experiment: str = "kdray", address: str | None = None,
         parent_run_id: str | None = None, epoch_hooks: Sequence[EpochHook] = (),
-        raise_on_error: bool = True, fresh: bool = False) -> RunResult:
+        raise_on_error: bool = True, fresh: bool = False, mlflow_name: str | None = None,
+        tags: dict[str, str] | None = None) -> RunResult:
     """Train `cfg` as one Ray Train run. Re-running with the same `run_name` and `storage_path`
     resumes from that run's last checkpoint.
 
@@ -89,6 +90,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
         parent_run_id: optional MLflow parent run.
         epoch_hooks: `hook(epoch, rank)` calls at every epoch start on every worker.
         fresh: discard a stored run of the same name (its checkpoints) and start afresh.
+        mlflow_name, tags: the MLflow run's display name (default: run_name) and extra tags.
 
     Raises:
         ConfigError: the config fails a pre-flight check, or `run_name` exists in `storage_path`
@@ -112,7 +114,8 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     client = mlflow.MlflowClient(uri)
     exp_id = get_or_create_experiment(client, experiment)
     tracking = {"uri": uri, "experiment_id": exp_id, "parent_run_id": parent_run_id,
-                "run_key": f"fit/{run_name}" + (f"@{identity}" if identity else "")}
+                "run_key": f"fit/{run_name}" + (f"@{identity}" if identity else ""),
+                "run_name": mlflow_name, "tags": tags}
     ensure_ray(address)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
                            epoch_hooks=epoch_hooks)
@@ -198,8 +201,11 @@ class StageResult:
 
 def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = None,
               tracking_uri: str | None = None, experiment: str = "kdray",
-              address: str | None = None, parent_run_id: str | None = None) -> StageResult:
-    """Train `cfg` as stage `name` unless a finished record of the same config exists."""
+              address: str | None = None, parent_run_id: str | None = None,
+              label: str | None = None) -> StageResult:
+    """Train `cfg` as stage `name` unless a finished record of the same config exists. Its
+    MLflow run is "stage · <label>" (default: name), tagged kdray.phase=stage, under
+    `parent_run_id` when given."""
     storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or "ray_results"
     if "://" not in storage_path:
         storage_path = os.path.abspath(storage_path)
@@ -211,26 +217,52 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
             rec = json.load(f)
         if rec.get("config") == cfg.to_dict() and os.path.isfile(rec["checkpoint"]):
             log.info("stage %s: reusing %s", name, rec["checkpoint"])
-            print(f"[kdray] stage {name}: reusing finished checkpoint {rec['checkpoint']}")
+            _stage_done(name, True, rec["checkpoint"])
             return StageResult(rec["checkpoint"], rec["metrics"], rec.get("mlflow_run_id"), True)
     # The run folder is keyed by the config: an interrupted stage resumes its own checkpoints,
     # a stage whose config changed starts afresh instead of resuming the old run's.
     run_name = f"{name}-{config_hash(cfg)}"
     print(f"[kdray] stage {name}: training {cfg.method} {cfg.model.arch} on {cfg.data.dataset} "
           f"for {cfg.train.epochs} epochs ({run_name})")
+    from kdray.study.progress import run_name as display_name
+    from kdray.study.progress import run_tags
+
     res = fit(cfg, run_name=run_name, storage_path=storage_path, tracking_uri=tracking_uri,
-              experiment=experiment, address=address, parent_run_id=parent_run_id)
+              experiment=experiment, address=address, parent_run_id=parent_run_id,
+              mlflow_name=display_name("stage", {"name": label or name}),
+              tags=run_tags("stage", {"row": f"stage · {label or name}"}, cfg))
     ckpt = os.path.join(res.checkpoint_path, CKPT_NAME)
     os.makedirs(os.path.dirname(record), exist_ok=True)
     with open(record, "w") as f:
         json.dump({"checkpoint": ckpt, "metrics": res.metrics, "config": cfg.to_dict(),
                    "mlflow_run_id": res.mlflow_run_id}, f, indent=2)
+    _stage_done(name, False, ckpt)
     return StageResult(ckpt, res.metrics, res.mlflow_run_id, False)
+
+
+def _stage_done(name: str, reused: bool, checkpoint: str) -> None:
+    from kdray.runtime import console
+
+    shown = console.active()
+    if shown is not None:
+        shown.stage(name, reused=reused, summary=os.path.relpath(checkpoint))
+    else:
+        print(f"[kdray] stage {name}: {'reusing' if reused else 'trained'} {checkpoint}")
 
 
 def study_stage(study: Study, args: Any, cfg: ExperimentConfig, suffix: str) -> StageResult:
     """`run_stage` from a study's `before` hook: stage "<study>-<suffix>", tracked in the study's
     MLflow experiment, stored and run where the study's flags (`args`) say; `cfg` as
-    `Study.stage_config` makes it (the carved val left out when the study searches)."""
+    `Study.stage_config` makes it (the carved val left out when the study searches). Its MLflow
+    run is nested under the study's run (opened here; run_study finds it again)."""
+    import mlflow
+
+    from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
+    from kdray.runtime.tracking import start_study_run
+
+    uri = args.tracking_uri or default_tracking_uri()
+    exp_id = get_or_create_experiment(mlflow.MlflowClient(uri), study.name)
+    parent = start_study_run(uri, exp_id, study.name, resume=getattr(args, "resume", False))
     return run_stage(study.stage_config(cfg), f"{study.name}-{suffix}", storage_path=args.storage_path,
-                     tracking_uri=args.tracking_uri, experiment=study.name, address=args.address)
+                     tracking_uri=uri, experiment=study.name, address=args.address,
+                     parent_run_id=parent, label=suffix)

@@ -30,6 +30,11 @@ TAG_PARENT = "mlflow.parentRunId"
 TAG_GIT = "mlflow.source.git.commit"
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 _SQLITE = "sqlite:///"
+#: experiment tag the MLflow UI (3.x) reads to choose its layout; this value = the classic
+#: training view (runs table, charts), not the GenAI one (traces, judges, prompts)
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+UI_BASE = "http://127.0.0.1:5000"
 
 
 def default_tracking_uri() -> str:
@@ -62,13 +67,16 @@ def get_or_create_experiment(client: MlflowClient, name: str,
     if exp is None:
         location = artifact_location or default_artifact_location(client.tracking_uri)
         try:
-            return client.create_experiment(name, artifact_location=location)
+            return client.create_experiment(name, artifact_location=location,
+                                            tags={TAG_EXPERIMENT_KIND: TRAINING_KIND})
         except MlflowException:
             exp = client.get_experiment_by_name(name)  # another process created it first
             if exp is None:
                 raise
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if TAG_EXPERIMENT_KIND not in exp.tags:  # made before kdray set it
+        client.set_experiment_tag(exp.experiment_id, TAG_EXPERIMENT_KIND, TRAINING_KIND)
     return exp.experiment_id
 
 
@@ -144,9 +152,57 @@ def chunks(items: Sequence, size: int) -> Iterable[Sequence]:
     return (items[i : i + size] for i in range(0, len(items), size))
 
 
-def study_table(study: str, tracking_uri: str | None = None) -> str:
-    """`results/<study>.md` of the newest parent run of `study` (`kdray report <study>`)."""
-    client = MlflowClient(tracking_uri or default_tracking_uri())
+def store_exists(uri: str) -> bool:
+    """Whether the tracking store at `uri` is there already (a server is assumed to be)."""
+    if uri.startswith(_SQLITE):
+        return ":memory:" in uri or Path(uri[len(_SQLITE):]).is_file()
+    if uri.startswith("file:"):
+        from urllib.parse import urlparse
+
+        return Path(urlparse(uri).path).is_dir()
+    if "://" not in uri:
+        return Path(uri).is_dir()
+    return True
+
+
+def open_store(tracking_uri: str | None = None) -> MlflowClient:
+    """A client of an existing store; a missing local store is an error, never created."""
+    uri = tracking_uri or default_tracking_uri()
+    if not store_exists(uri):
+        raise ConfigError(f"no MLflow store at {uri}: run a study first (it creates one), or "
+                          "pass --tracking-uri / set MLFLOW_TRACKING_URI")
+    return MlflowClient(uri)
+
+
+def study_names(client: MlflowClient) -> list[str]:
+    """The studies in the store: experiments holding a kdray study run."""
+    names = []
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'study'", max_results=1):
+            names.append(exp.name)
+    return sorted(names)
+
+
+def resolve_study(client: MlflowClient, name: str, preset: str | None = None) -> str:
+    """The study's experiment name: `name` itself, `<name>_<preset>`, or the one study whose name
+    starts with `<name>_`; otherwise a ConfigError listing the studies in the store."""
+    known = study_names(client)
+    if preset and f"{name}_{preset}" in known:
+        return f"{name}_{preset}"
+    if not preset and name in known:
+        return name
+    close = [k for k in known if k.startswith(f"{name}_")]
+    if not preset and len(close) == 1:
+        return close[0]
+    if not preset and close:
+        raise ConfigError(f"{name!r} has several presets here: {', '.join(close)}; "
+                          "pass --preset or the full name")
+    wanted = f"{name}_{preset}" if preset else name
+    raise ConfigError(f"no study {wanted!r} in {client.tracking_uri}; studies there: "
+                      f"{', '.join(known) or 'none'}")
+
+
+def _study_parent(client: MlflowClient, study: str):
     exp = client.get_experiment_by_name(study)
     if exp is None:
         raise ConfigError(f"no MLflow experiment named {study!r} in {client.tracking_uri}")
@@ -155,7 +211,41 @@ def study_table(study: str, tracking_uri: str | None = None) -> str:
                                  order_by=["attributes.start_time DESC"], max_results=1)
     if not parents:
         raise ConfigError(f"no study run for {study!r} in experiment {exp.experiment_id}")
-    path = client.download_artifacts(parents[0].info.run_id, f"results/{study}.md")
+    return exp, parents[0]
+
+
+def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """The MLflow UI page of an experiment's runs table (or of one run): the tracking server
+    itself for an http(s) store, else `mlflow ui`'s default address."""
+    base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) \
+        else UI_BASE
+    return f"{base}/#/experiments/{experiment_id}/" + (f"runs/{run_id}" if run_id else "runs")
+
+
+def ui_command(tracking_uri: str) -> str | None:
+    """The command that serves a local store's UI (None for a tracking server)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"mlflow ui --backend-store-uri {tracking_uri} --port 5000"
+
+
+def study_url(client: MlflowClient, study: str) -> str:
+    """`kdray report --url`: the study's runs table in the MLflow UI and how to serve it."""
+    exp, parent = _study_parent(client, study)
+    lines = [f"runs:       {ui_url(client.tracking_uri, exp.experiment_id)}",
+             f"study run:  {ui_url(client.tracking_uri, exp.experiment_id, parent.info.run_id)}"]
+    cmd = ui_command(client.tracking_uri)
+    if cmd:
+        lines.append(f"serve with: {cmd}")
+    return "\n".join(lines)
+
+
+def study_table(study: str, tracking_uri: str | None = None,
+                client: MlflowClient | None = None) -> str:
+    """`results/<study>.md` of the newest parent run of `study` (`kdray report <study>`)."""
+    client = client or open_store(tracking_uri)
+    _, parent = _study_parent(client, study)
+    path = client.download_artifacts(parent.info.run_id, f"results/{study}.md")
     with open(path) as f:
         return f.read()
 

@@ -86,13 +86,95 @@ def report(study: Study, trials: list[dict], best: dict | None, client, parent: 
               "kdray commit": git_short_sha(), "metric": _metric_line(study), **info}
     text = write_results_md(study, rows, path, header=header)
     client.log_text(parent, text, f"results/{study.name}.md")
+    describe_study_run(study, client, parent, rows, text)
+    chart = ablation_chart(study, rows, client, parent, os.path.dirname(path) or ".")
     if best is not None:
         client.log_dict(parent, {**{k: best[k] for k in ("name", "label", "seed", "params",
                                                          "metrics", "config")},
                                  "selected_on": study.select_key}, "best.json")
     client.set_terminated(parent, "FINISHED")
-    print(text)
+    show_results(text, path, client, parent)
+    if chart:
+        from kdray.runtime.console import emit
+
+        emit(f"[kdray] ablation chart: {chart}")
     return rows, path
+
+
+def ablation_chart(study: Study, rows: list[dict[str, Any]], client, parent: str,
+                   results_dir: str) -> str | None:
+    """results/<study>_ablation.png (kdray.study.figures), also logged to the study run as
+    figures/ablation.png; a failing figure is logged and never costs the study its table."""
+    from kdray.study.figures import plot_ablation
+
+    path = os.path.join(results_dir, f"{study.name}_ablation.png")
+    try:
+        plot_ablation(study, rows, path)
+        client.log_artifact(parent, path, "figures")
+    except Exception:
+        log.exception("ablation chart failed")
+        return None
+    return path
+
+
+def slug(label: str) -> str:
+    """A row label as an MLflow key part: `+ supervised [CLS] (Eq. 3)` -> `supervised_CLS_Eq_3`."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "_", label).strip("_") or "row"
+
+
+def row_metrics(study: Study, rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The study run's metrics: each finished row's final numbers, as
+    `row/<label slug>/s<seed>/<split>/<column>` (searched trials left out: their numbers are on
+    val and in the search report)."""
+    import math
+
+    out: dict[str, float] = {}
+    keys = [k for _, k in study.columns] or [study.metric]
+    for r in rows:
+        if r["status"] != "finished" or not r["label"] or r["label"].startswith("search"):
+            continue
+        if study.space and r["label"] not in {x.label for x in study.rows} | {BEST_LABEL}:
+            continue
+        for k in dict.fromkeys([study.metric, *keys]):
+            v = r["metrics"].get(k)
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                out[f"row/{slug(r['label'])}/s{r['seed']}/{r['split']}/{k}"] = float(v)
+    return out
+
+
+def describe_study_run(study: Study, client, parent: str, rows: list[dict[str, Any]],
+                       text: str) -> None:
+    """The study run's description (its MLflow note: the study's description and the results
+    table) and its metrics (`row_metrics`)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    from kdray.study.progress import console_table
+
+    note = (study.description + "\n\n" if study.description else "") + console_table(text)
+    client.set_tag(parent, "mlflow.note.content", note)
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(k, v, stamp, 0) for k, v in row_metrics(study, rows).items()]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(parent, metrics=metrics[i:i + 500])
+
+
+def show_results(text: str, path: str, client, parent: str) -> None:
+    """The console's end: the results tables (not the header), where the file is, and the study
+    run's page in MLflow's UI with the command that serves it."""
+    from kdray.runtime.console import emit
+    from kdray.runtime.mlflow_store import ui_command, ui_url
+    from kdray.study.progress import console_table
+
+    uri = client.tracking_uri
+    exp_id = client.get_run(parent).info.experiment_id
+    emit(console_table(text))
+    emit(f"[kdray] results: {path}")
+    cmd = ui_command(portable_uri(uri))
+    emit(f"[kdray] MLflow: {ui_url(uri, exp_id, parent)}" + (f"  (serve it: {cmd})" if cmd else ""))
 
 
 def _metric_line(study: Study) -> str:

@@ -32,11 +32,14 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
         from ray import tune
 
         from kdray.runtime.driver import make_trainer
+        from kdray.study.progress import run_name, run_tags, trial_index
 
         ctx = tune.get_context()
         cfg = study.trial_config(params)
         name = ctx.get_trial_name()
-        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}", run_name=name)
+        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}",
+                  run_name=run_name(phase, params, trial_index(name)),
+                  tags=run_tags(phase, params, cfg))
         make_trainer(cfg, run_name=f"{study.name}-{phase}-{ctx.get_trial_id()}",
                      storage_path=storage_path, tracking=tr, in_tune=True).fit()
         log.info("trial %s finished", name)
@@ -74,9 +77,14 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         log.info("%s: no samples left to run", path)
         return []
     else:
+        from kdray.runtime import console
+
+        shown = console.active()  # kdray's console: one line per trial epoch (driver-side)
         run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
-                                 failure_config=tune.FailureConfig(max_failures=0), verbose=1,
-                                 callbacks=list(callbacks or []))  # Tune appends to it
+                                 failure_config=tune.FailureConfig(max_failures=0),
+                                 verbose=console.tune_verbose(),
+                                 callbacks=list(callbacks or []) + (  # Tune appends to it
+                                     [shown.callback(phase, index)] if shown else []))
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
                            tune_config=_tune_config(study, search, num_samples, scheduler, index,
                                                     ranked=phase == "search",

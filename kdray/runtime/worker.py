@@ -20,7 +20,7 @@ from kdray.config import ExperimentConfig
 from kdray.dist import all_gather_object
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
-from kdray.runtime.tracking import TrialTracker
+from kdray.runtime.tracking import TrialTracker, epoch_metrics, step_metrics
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     if resume is not None and resume["epoch"] >= cfg.train.epochs:
         return run.report_finished(resume)
     hooks = list(config.get("epoch_hooks") or ())
-    callbacks = Callbacks(on_log=tracker.log_metrics, on_epoch_end=run.on_epoch_end,
+    callbacks = Callbacks(on_log=lambda m, step: tracker.log_metrics(step_metrics(m), step),
+                          on_epoch_end=run.on_epoch_end,
                           on_epoch_start=lambda ep: [h(ep, rank) for h in hooks])
     try:
         result = train(cfg, callbacks=callbacks, resume=resume, device=_device(cfg))
@@ -66,7 +67,7 @@ def _tracker(config: dict[str, Any], rank: int) -> TrialTracker:
     return TrialTracker(tr.get("uri"), tr.get("experiment_id"), tr.get("parent_run_id"),
                         run_key=tr.get("run_key", config.get("run_name", "run")),
                         run_name=tr.get("run_name") or config.get("run_name", "run"),
-                        enabled=rank == 0 and bool(tr.get("uri")))
+                        enabled=rank == 0 and bool(tr.get("uri")), tags=tr.get("tags"))
 
 
 def _resume_state(rank: int) -> dict[str, Any] | None:
@@ -116,7 +117,7 @@ class _Reporter:
         self.history.append(e.metrics)
         checkpoint = None
         if self.rank == 0:
-            self.tracker.log_metrics(e.metrics, step=e.epoch + 1)
+            self.tracker.log_metrics(epoch_metrics(e.metrics), step=e.step or e.epoch + 1)
             if e.records:
                 self.records.update(e.records)
                 self.tracker.log_eval(e.records, {k: v for k, v in e.metrics.items()

@@ -267,3 +267,25 @@ def trial_name(params: dict[str, Any], index: int) -> str:
     if SEED_KEY in params:
         parts.append(f"s{params[SEED_KEY]}")
     return "-".join(p.replace(" ", "_").replace("/", "_") for p in parts)
+
+
+def study_cost(study: Study) -> str:
+    """A rough cost of the study, counted from its plan (no measurement): trials, epochs each and
+    what one trial holds, e.g. "8 trials (5 rows x 1 seed, 2 searched, 1 val-selected x 1 seed),
+    2 epochs each; a trial: 1 worker x 1 CPU". Stages (teachers, phase 1) come on top."""
+    seeds = len(study.seeds)
+    grid = len(study.rows) * seeds if (study.rows or not study.space) else 0
+    parts = []
+    if grid:
+        parts.append(f"{len(study.rows)} rows x {seeds} seed{'s' * (seeds > 1)}"
+                     if study.rows else f"{seeds} seed{'s' * (seeds > 1)}")
+    searched = study.num_samples if study.space else 0
+    if searched:
+        parts.append(f"{searched} searched")
+        parts.append(f"1 val-selected x {seeds} seed{'s' * (seeds > 1)}")
+    total = grid + searched + (seeds if searched else 0)
+    r = study.base.resources
+    device = (f"{r.gpus_per_worker:g} GPU" if r.gpus_per_worker > 0
+              else f"{r.cpus_per_worker} CPU")
+    return (f"{total} trials ({', '.join(parts)}), {study.base.train.epochs} epochs each; "
+            f"a trial: {r.num_workers} worker{'s' * (r.num_workers > 1)} x {device}")

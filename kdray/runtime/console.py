@@ -1,0 +1,192 @@
+"""kdray's console for a study: kdray's own lines on the terminal, Ray's output in a log file.
+
+`StudyConsole` (a context manager, entered by kdray.runtime.cli_study.main around the whole
+study, stages included):
+
+- the terminal gets the lines of kdray.study.progress.Progress (one per trial epoch, a study
+  line on each trial's end and every ~30 s), stdout lines starting with `[kdray]`, kdray's
+  warnings and the results table;
+- everything else written to stdout/stderr — Tune's status tables, forwarded worker output,
+  Ray's internal C++ warnings — goes to `<storage>/<study>/console.log` only (file descriptors 1
+  and 2 point there while the study runs), with Ray's log de-duplication off so it is complete;
+- `verbose=True` changes nothing: Ray's output stays on the terminal, Tune at verbose=1.
+
+The Tune side is `StudyConsole.callback(phase, index)`, a ray.tune.Callback per phase's Tuner;
+it runs in the driver, not in the workers, so nothing is lost to Ray's log forwarding.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+import threading
+from typing import Any
+
+from kdray.study.progress import Progress
+from kdray.study.spec import Study
+
+#: Ray loggers set to WARNING on the driver while a study runs (their INFO goes nowhere useful)
+QUIET_LOGGERS = ("ray", "ray.tune", "ray.train", "ray.data", "ray.air")
+
+_active: StudyConsole | None = None
+
+
+def emit(text: str) -> None:
+    """Print `text` on the study's terminal (or plain stdout when no study console is active)."""
+    if _active is not None:
+        _active.write(text)
+    else:
+        print(text, flush=True)
+
+
+def tune_verbose() -> int:
+    """Tune's own progress output: off under a quiet study console, else Tune's default 1."""
+    return 0 if (_active is not None and not _active.verbose) else 1
+
+
+def active() -> StudyConsole | None:
+    return _active
+
+
+class _Split(io.TextIOBase):
+    """sys.stdout/sys.stderr during a quiet study: everything to the log file; whole lines
+    starting with `[kdray]` to the terminal as well."""
+
+    def __init__(self, log: io.TextIOBase, term: io.TextIOBase, lock: threading.Lock) -> None:
+        self.log, self.term, self.lock, self.buf = log, term, lock, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, s: str) -> int:
+        with self.lock:
+            self.log.write(s)
+            self.buf += s
+            *lines, self.buf = self.buf.split("\n")
+            for line in lines:
+                if line.startswith("[kdray]"):
+                    self.term.write(line + "\n")
+        return len(s)
+
+    def flush(self) -> None:
+        with self.lock:
+            self.log.flush()
+            self.term.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self.log.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+
+class _TermHandler(logging.Handler):
+    """kdray's own warnings (logger `kdray`) on the terminal."""
+
+    def __init__(self, console: StudyConsole) -> None:
+        super().__init__(logging.WARNING)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if record.exc_info:
+            msg += f" ({record.exc_info[1]!r}; traceback in {self.console.log_path})"
+        self.console.write(f"[kdray] {record.levelname.lower()}: {msg}")
+
+
+class StudyConsole:
+    """See the module docstring. `stream`: the terminal (default: the process's stdout)."""
+
+    def __init__(self, study: Study, log_path: str, *, verbose: bool = False,
+                 stream: Any = None, every: float = 30.0) -> None:
+        self.study, self.log_path, self.verbose = study, log_path, verbose
+        self.progress = Progress(study, every=every)
+        self._stream = stream
+        self.term: Any = stream or sys.stdout
+        self._lock = threading.Lock()
+        self._saved: list[Any] = []
+
+    # ------------------------------------------------------------ capture
+    def __enter__(self) -> StudyConsole:
+        global _active
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # the log file gets every line
+        os.makedirs(os.path.dirname(os.path.abspath(self.log_path)), exist_ok=True)
+        if not self.verbose:
+            self._quiet()
+        _active = self
+        return self
+
+    def _quiet(self) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        log = open(self.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+        if self._stream is None:  # the real terminal: a copy of fd 1 before it is redirected
+            self.term = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+        saved_fds = [os.dup(1), os.dup(2)]
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        levels = {n: logging.getLogger(n).level for n in QUIET_LOGGERS}
+        for n in QUIET_LOGGERS:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        handler = _TermHandler(self)
+        logging.getLogger("kdray").addHandler(handler)
+        self._saved = [sys.stdout, sys.stderr, saved_fds, log, levels, handler]
+        sys.stdout = _Split(log, self.term, self._lock)
+        sys.stderr = _Split(log, self.term, self._lock)
+
+    def __exit__(self, *exc) -> None:
+        global _active
+        _active = None
+        if not self._saved:
+            return
+        out, err, fds, log, levels, handler = self._saved
+        self._saved = []
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            sys.stdout, sys.stderr = out, err
+            os.dup2(fds[0], 1)
+            os.dup2(fds[1], 2)
+            for fd in fds:
+                os.close(fd)
+            for n, lvl in levels.items():
+                logging.getLogger(n).setLevel(lvl)
+            logging.getLogger("kdray").removeHandler(handler)
+            log.close()
+            if self._stream is None:
+                self.term.close()
+                self.term = sys.stdout
+
+    # ------------------------------------------------------------ output
+    def write(self, text: str) -> None:
+        with self._lock:
+            self.term.write(text.rstrip("\n") + "\n")
+            self.term.flush()
+
+    def lines(self, lines: list[str]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def stage(self, name: str, *, reused: bool, summary: str = "") -> None:
+        self.lines(self.progress.stage(name, reused=reused, summary=summary))
+
+    def callback(self, phase: str, index):
+        """A ray.tune.Callback feeding the active console the phase's trial events."""
+        from kdray.runtime.console_tune import ConsoleCallback
+
+        return ConsoleCallback(phase, index, active)
+
+
+def console_log_path(storage_path: str | None, study_name: str) -> str:
+    """`<storage>/<study>/console.log` (./.kdray/<study>/ for remote storage)."""
+    storage = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or "ray_results"
+    if "://" in storage:
+        storage = ".kdray"
+    return os.path.join(os.path.abspath(storage), study_name, "console.log")

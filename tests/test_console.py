@@ -1,0 +1,134 @@
+"""kdray's study console: a recorded sequence of Tune events gives the expected lines (no Ray),
+and a quiet console keeps Ray's output in its log file, off the terminal."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import sys
+
+from kdray.config import ExperimentConfig
+from kdray.search import Float
+from kdray.study import Row, Study
+from kdray.study.progress import Progress, console_table, duration, run_name
+
+
+def _study() -> Study:
+    base = ExperimentConfig(method="ce").override({"train.epochs": 2})
+    return Study(name="s_smoke", base=base, metric="acc_5w1s",
+                 rows=(Row("phase 1 only"), Row("+ supervised [CLS] (Eq. 3)")),
+                 space={"method_cfg.w_patch": Float(0.1, 2.0)}, num_samples=2)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_run_names():
+    assert run_name("grid", {"row": "+ supervised [CLS] (Eq. 3)", "seed": 0}, 1) == \
+        "+ supervised [CLS] (Eq. 3) · s0"
+    assert run_name("search", {"method_cfg.w_patch": 1.0981, "method_cfg.teacher_temp": 0.06146},
+                    3) == "search 03 · w_patch=1.1 teacher_temp=0.0615"
+    assert run_name("best", {"method_cfg.w_patch": 1.1, "seed": 2}, 0) == \
+        "best searched (val-selected) · s2"
+    assert run_name("stage", {"name": "phase 1"}) == "stage · phase 1"
+    assert duration(42) == "42s" and duration(185) == "3m05s" and duration(3720) == "1h02m"
+
+
+def test_recorded_events_give_the_expected_lines():
+    clock = Clock()
+    p = Progress(_study(), clock=clock, every=30)
+    out: list[str] = []
+    clock.t = 60
+    out += p.stage("s_smoke-phase1", reused=False)
+    a, b = "+ supervised [CLS] (Eq. 3) · s0", "phase 1 only · s0"
+    out += p.start("g0", "grid", b) + p.start("g1", "grid", a)
+    clock.t = 70
+    out += p.result("g0", "grid", b, {"epoch": 1, "train/loss": 5.4123})
+    clock.t = 75
+    out += p.tick()  # printed 5 s ago: nothing
+    clock.t = 80
+    out += p.result("g0", "grid", b, {"epoch": 2, "train/loss": 5.1, "test/acc_5w1s": 29.59,
+                                       "test/acc_5w1s_ci95": 1.04})
+    out += p.complete("g0", "grid", b)
+    clock.t = 115
+    out += p.tick()  # 35 s of silence, but nothing moved but the clock: not yet
+    clock.t = 150
+    out += p.tick()
+    clock.t = 160
+    out += p.result("g1", "grid", a, {"epoch": 1, "train/loss": 4.0})
+    out += p.result("g1", "grid", a, {"epoch": 2, "train/loss": 4.0, "test/acc_5w1s": 33.77,
+                                       "test/acc_5w1s_ci95": 1.26})
+    out += p.complete("g1", "grid", a)
+    s = "search 00 · w_patch=1.1"
+    out += p.start("x", "search", s)
+    clock.t = 185
+    out += p.result("x", "search", s, {"epoch": 1, "train/loss": 3.0, "val/acc_5w1s": 27.5,
+                                        "val/acc_5w1s_ci95": 0.9})
+    out += p.complete("x", "search", s)
+    out += p.complete("y", "search", "search 01 · w_patch=0.2", error="RuntimeError('boom')")
+    clock.t = 300
+    out += p.tick()  # 115 s, and the state moved since the last study line? no: nothing
+    clock.t = 310
+    out += p.tick()  # 4 x 30 s of silence: the study line again
+    assert out == [
+        "[kdray] stage s_smoke-phase1 ✓ (trained in 1m00s)",
+        "grid   phase 1 only · s0  epoch 1/2  loss 5.412  test/acc_5w1s –  10.0 s incl. start-up",
+        "grid   phase 1 only · s0  epoch 2/2  loss 5.1  test/acc_5w1s 29.59 ± 1.04  10.0 s/epoch",
+        "study  stages 1 ✓ · grid 1/2 · search 0/2 · best 0/1 · running 1 · 1m20s elapsed · "
+        "ETA ~40s · best val/acc_5w1s –",
+        "grid   + supervised [CLS] (Eq. 3) · s0  epoch 1/2  loss 4  test/acc_5w1s –  "
+        "100.0 s incl. start-up",
+        "grid   + supervised [CLS] (Eq. 3) · s0  epoch 2/2  loss 4  test/acc_5w1s 33.77 ± 1.26  "
+        "0.0 s/epoch",
+        "study  stages 1 ✓ · grid 2/2 · search 0/2 · best 0/1 · running 0 · 2m40s elapsed · "
+        "ETA ~1m30s · best val/acc_5w1s –",
+        "search 00 · w_patch=1.1  epoch 1/2  loss 3  val/acc_5w1s 27.50 ± 0.90  "
+        "25.0 s incl. start-up",
+        "search 00 · w_patch=1.1  stopped at epoch 1/2 (ASHA)",
+        "study  stages 1 ✓ · grid 2/2 · search 1/2 · best 0/1 · running 0 · 3m05s elapsed · "
+        "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "search 01 · w_patch=0.2  ✗ failed: RuntimeError('boom')",
+        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 3m05s elapsed · "
+        "ETA ~25s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 5m10s elapsed · "
+        "ETA ~25s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+    ]
+
+
+def test_console_table_drops_the_header():
+    md = "# s\n\ndescription\n\n- study: s\n- wall time: 3 s\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
+    assert console_table(md) == "| a | b |\n|---|---|\n| 1 | 2 |"
+
+
+def test_quiet_console_keeps_ray_output_in_its_log(tmp_path):
+    """While a quiet console is active, stdout/stderr (also written to the file descriptors
+    directly, as Ray's C++ code does) go to the log; `[kdray]` lines, kdray warnings and the
+    console's own lines reach the terminal."""
+    from kdray.runtime.console import StudyConsole, emit, tune_verbose
+
+    term = io.StringIO()
+    log = tmp_path / "s" / "console.log"
+    with StudyConsole(_study(), str(log), stream=term) as c:
+        assert tune_verbose() == 0
+        print("╭── Tune status table ──╮")
+        print("(RayTrainWorker pid=1) [kdray] epoch 1")
+        print("[kdray] stage phase1: training")
+        os.write(2, b"core_worker.cc:123: PreemptionWatcher\n")
+        sys.stderr.write("ray warning\n")
+        logging.getLogger("kdray.runtime.x").warning("search report failed")
+        logging.getLogger("ray.tune").info("ray info")
+        c.write("grid   a · s0  epoch 1/2")
+        emit("| table |")
+    assert tune_verbose() == 1
+    assert term.getvalue().splitlines() == [
+        "[kdray] stage phase1: training", "[kdray] warning: search report failed",
+        "grid   a · s0  epoch 1/2", "| table |"]
+    text = log.read_text()
+    for s in ("Tune status table", "(RayTrainWorker pid=1)", "PreemptionWatcher", "ray warning"):
+        assert s in text

@@ -1,0 +1,60 @@
+"""The ablation chart: the PNG exists with the expected size, and the data behind it is the
+results table's (means, paired-Δ error bars, baseline, paper markers, val rows marked)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from kdray.config import ExperimentConfig
+from kdray.study import Row, Study
+from kdray.study.figures import ablation_data, paper_values, plot_ablation
+from kdray.study.spec import BEST_LABEL
+
+
+def _png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def _rows():
+    def trial(label, accs, split="test", paper="", params=None):
+        eps = [{"way": 5, "shot": 1, "classifier": "proto", "episode_id": i, "accuracy": a}
+               for i, a in enumerate(accs)]
+        mean = 100 * sum(accs) / len(accs)
+        return {"label": label, "seed": 0, "split": split, "params": params or {},
+                "status": "finished", "paper": paper, "episodes": eps, "classifiers": ["proto"],
+                "metrics": {"acc_5w1s": mean, "acc_5w1s_ci95": 1.0, "acc_5w5s": mean + 5}}
+    return [trial("base", [0.2, 0.3, 0.4, 0.3]),
+            trial("+ x", [0.3, 0.4, 0.4, 0.5], paper="35.0 / 45.0"),
+            trial("search", [0.6] * 4, split="val", params={"w": 1.0}),  # not drawn
+            trial(BEST_LABEL, [0.3, 0.3, 0.5, 0.4], params={"w": 1.0})]
+
+
+def _study():
+    return Study(name="s_smoke", base=ExperimentConfig(method="ce"), metric="acc_5w1s",
+                 rows=(Row("base"), Row("+ x")),
+                 columns=(("5w1s", "acc_5w1s"), ("5w5s", "acc_5w5s")))
+
+
+def test_data_behind_the_chart():
+    assert paper_values("74.28 / 86.99", 2) == [74.28, 86.99]
+    assert paper_values("74.28", 2) == [None, None]
+    data = ablation_data(_study(), _rows())
+    assert data["settings"] == ["base", "+ x", BEST_LABEL] and data["baseline"] == "base"
+    c1 = data["columns"][0]
+    assert c1["means"] == pytest.approx([30.0, 40.0, 37.5])
+    assert c1["baseline_mean"] == pytest.approx(30.0) and c1["paper"] == [None, 35.0, None]
+    assert c1["errors"][0] == (1.0, 1.0)  # the baseline: its own CI
+    lo, hi = c1["errors"][1]  # paired Δ over 4 episodes: +10 points, its t-interval
+    assert lo > 0 and hi > 0 and lo == pytest.approx(hi)
+    assert data["other_split"] == [False, False, False]
+
+
+def test_chart_png(tmp_path):
+    path = tmp_path / "s_smoke_ablation.png"
+    plot_ablation(_study(), _rows(), path)
+    w, h = _png_size(path)
+    assert (w, h) == (1160, 295)
