@@ -34,7 +34,7 @@ def build(preset: str) -> Study:
         space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",
         columns=(("top-1", "top1"), ("top-5", "top5")),
         description=lambda base: "SSKD (CNN teacher -> CNN student): ablation ladder"
-                    + (" (CE, KD, SSKD), no search. Rows on test. " if preset == "mini"
+                    + (" (CE, KD, SSKD), no search. Rows on test." if preset == "mini"
                        else ", then a TPE search. " + split_note(base))
                     + " Paper column: CIFAR-100 top-1 of the same pair (docs/methods/sskd.md §3.6"
                     + ("; mini: of the resnet56 -> resnet20 pair it narrows, on another dataset, "
