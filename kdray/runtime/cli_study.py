@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 
 from kdray.checks import user_error_exit
@@ -86,7 +87,13 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
     args = study_parser(description, presets).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = []
-    code = user_error_exit(lambda: result.append(_run(build, args, before)) or 0, args.debug)
+    try:
+        code = user_error_exit(lambda: result.append(_run(build, args, before)) or 0, args.debug)
+    except KeyboardInterrupt as e:  # StudyInterrupted: the records are final; nothing to print
+        from kdray.runtime.interrupts import INTERRUPTED_EXIT
+
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     if code:
         raise SystemExit(code)
     return result[0]
