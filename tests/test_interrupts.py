@@ -205,3 +205,89 @@ def test_ctrl_c_stops_the_whole_study_and_resume_after_sigkill_leaves_nothing_ru
     table = (tmp_path / "results" / "intr.md").read_text()
     assert "interrupted" not in table, table
     assert table.count("| finished |") + table.count("| stopped |") == 3 + 2 + 1, table
+
+
+def test_which_errors_are_deterministic_and_their_reasons():
+    """Ray-free: the worker's classification and the one-line reasons."""
+    from ray.exceptions import ActorDiedError
+
+    from kdray.checks import ConfigError
+    from kdray.engine.loop import NonFiniteLossError
+    from kdray.runtime.interrupts import DeterministicError, is_deterministic, reason
+
+    yes = [NonFiniteLossError("non-finite loss at epoch 0"), ConfigError("data.batch_size"),
+           ValueError("bad"), KeyError("x"), RuntimeError("mat1 and mat2 shapes cannot be "
+                                                          "multiplied (32x10 and 64x5)")]
+    no = [ActorDiedError(), OSError("disk"), RuntimeError("Gloo connection reset by peer"),
+          RuntimeError("something"), MemoryError()]
+    assert all(is_deterministic(e) for e in yes), [e for e in yes if not is_deterministic(e)]
+    assert not any(is_deterministic(e) for e in no), [e for e in no if is_deterministic(e)]
+    assert reason(ValueError("a\n  b")) == "ValueError: a"
+    wrapped = DeterministicError("NonFiniteLossError", "non-finite loss", "tb")
+    assert reason(wrapped) == "NonFiniteLossError: non-finite loss"
+    assert len(reason(ValueError("x" * 1000))) == 300
+
+
+def test_close_runs_ends_every_running_run_by_its_trial_status(tmp_path):
+    """Ray-free: finished -> FINISHED, ASHA-stopped -> FINISHED + kdray.stopped=asha, error ->
+    FAILED + kdray.error + error.txt, interrupted or unclaimed -> KILLED; a closed run is left
+    alone; the parent ends KILLED/interrupted."""
+    import mlflow
+
+    from kdray.runtime.interrupts import StudyGuard, close_runs, end_parent
+
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/m.db")
+    exp = client.create_experiment("s", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(exp).info.run_id
+    trials, ids = [], {}
+    for status in ("finished", "stopped", "error", "interrupted", "orphan", "closed"):
+        key = f"s/grid/{status}"
+        ids[status] = client.create_run(exp, tags={"mlflow.parentRunId": parent,
+                                                   "kdray.run_key": key}).info.run_id
+        if status != "orphan":
+            trials.append({"run_key": key, "status": status, "trial_id": status,
+                           "error": "NonFiniteLossError: nan" if status == "error" else None})
+    client.set_terminated(ids["closed"], "FAILED")
+    closed = close_runs(client, exp, parent, trials)
+    assert closed == {ids["finished"]: "FINISHED", ids["stopped"]: "FINISHED",
+                      ids["error"]: "FAILED", ids["interrupted"]: "KILLED",
+                      ids["orphan"]: "KILLED"}
+    tags = {k: client.get_run(i).data.tags for k, i in ids.items()}
+    assert tags["stopped"]["kdray.stopped"] == "asha" and tags["stopped"]["kdray.status"] == "stopped"
+    assert tags["error"]["kdray.error"] == "NonFiniteLossError: nan"
+    assert [a.path for a in client.list_artifacts(ids["error"])] == ["error.txt"]
+    assert tags["interrupted"]["kdray.status"] == tags["orphan"]["kdray.status"] == "interrupted"
+    assert client.get_run(ids["closed"]).info.status == "FAILED"
+    end_parent(client, parent, interrupted=True)
+    p = client.get_run(parent)
+    assert p.info.status == "KILLED" and p.data.tags["kdray.status"] == "interrupted"
+
+    class T:  # a Tune trial as the guard sees it
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    guard = StudyGuard()
+    guard.start_phase("grid")
+    guard._trials = [T("t1", "TERMINATED"), T("t2", "RUNNING"), T("t3", "PENDING")]
+    guard._mark()
+    recs = [{"trial_id": t, "status": s} for t, s in
+            (("t1", "finished"), ("t2", "stopped"), ("t3", "stopped"))]
+    assert guard.interrupted and guard.mark_records(recs) == 2
+    assert [r["status"] for r in recs] == ["finished", "interrupted", "interrupted"]
+
+
+def test_results_table_numbers_errors_and_explains_statuses(tmp_path):
+    """Ray-free: `error [n]` in the status column, the reason listed under the table."""
+    from kdray.study import Row, Study
+    from kdray.study.table import write_results_md
+
+    study = Study(name="s", base=ExperimentConfig(), metric="top1",
+                  rows=(Row("A", {}), Row("B", {})), columns=(("top-1", "top1"),))
+    rows = [{"label": "A", "seed": 0, "params": {}, "run_id": None, "metrics": {"top1": 1.0},
+             "status": "interrupted", "paper": "", "epochs": 1},
+            {"label": "B", "seed": 0, "params": {}, "run_id": None, "metrics": {},
+             "status": "error", "error": "NonFiniteLossError: nan", "paper": "", "epochs": None}]
+    text = write_results_md(study, rows, str(tmp_path / "s.md"), header={})
+    assert "| error [1] |" in text and "| interrupted |" in text
+    assert "1. B, seed 0: NonFiniteLossError: nan" in text
+    assert "interrupted: stopped by Ctrl-C" in text
