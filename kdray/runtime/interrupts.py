@@ -273,32 +273,25 @@ def _exit_now() -> None:
 
 
 def watch_callback():
-    """A Tune callback (stateless, so it pickles into Tune's experiment state and works after
-    `Tuner.restore`) that puts the active `StudyGuard` in front of Tune's SIGINT handler and keeps
-    it told of the trials and their statuses."""
-    from ray.tune import Callback
-
-    class InterruptWatch(Callback):
-        def setup(self, **info):
-            guard = _ACTIVE
-            if guard is None or threading.current_thread() is not threading.main_thread():
-                return
-            tune_handler = signal.getsignal(signal.SIGINT)
-
-            def handler(signum, frame):
-                if guard.interrupted:
-                    _exit_now()
-                guard._mark()
-                if callable(tune_handler):
-                    tune_handler(signum, frame)  # Tune: stop the loop, save, restore ours
-
-            signal.signal(signal.SIGINT, handler)
-
-        def on_step_begin(self, iteration, trials, **info):
-            if _ACTIVE is not None:
-                _ACTIVE._trials = list(trials)
+    """The Tune callback that puts the active `StudyGuard` in front of Tune's SIGINT handler
+    (`kdray.runtime.interrupt_watch.InterruptWatch`)."""
+    from kdray.runtime.interrupt_watch import InterruptWatch
 
     return InterruptWatch()
+
+
+def guarded_handler(guard: StudyGuard, tune_handler):
+    """The SIGINT handler during a Tune run: note the interrupt, then let Tune stop its loop
+    (Tune's handler then restores the study's own, so a second Ctrl-C exits at once)."""
+
+    def handler(signum, frame):
+        if guard.interrupted:
+            _exit_now()
+        guard._mark()
+        if callable(tune_handler):
+            tune_handler(signum, frame)
+
+    return handler
 
 
 def release_placement_groups(wait_s: float = 10.0) -> int:
