@@ -211,7 +211,7 @@ class StudyGuard:
     """Ctrl-C handling for `run_study`, as a context manager around the whole study.
 
     Outside a Tune loop the first SIGINT only sets `interrupted` (the study checks it before each
-    phase); inside one, `watch_callback()` chains in front of Tune's own handler, which stops the
+    phase); inside one, the Tune callback `kdray.runtime.interrupt_watch.InterruptWatch` chains in front of Tune's own handler, which stops the
     loop and saves the phase's state, and remembers which trials were unfinished at that moment.
     A second SIGINT ends the process at once (exit 130); `--resume` closes its records then."""
 
@@ -270,14 +270,6 @@ def _exit_now() -> None:
     print("\n[kdray] second Ctrl-C: exiting now; `--resume` closes the study's MLflow runs",
           file=sys.stderr, flush=True)
     os._exit(INTERRUPTED_EXIT)
-
-
-def watch_callback():
-    """The Tune callback that puts the active `StudyGuard` in front of Tune's SIGINT handler
-    (`kdray.runtime.interrupt_watch.InterruptWatch`)."""
-    from kdray.runtime.interrupt_watch import InterruptWatch
-
-    return InterruptWatch()
 
 
 def guarded_handler(guard: StudyGuard, tune_handler):

@@ -56,7 +56,7 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
     import ray
     from ray import tune
 
-    from kdray.runtime.interrupts import watch_callback
+    from kdray.runtime.interrupt_watch import InterruptWatch
 
     if guard is not None:
         if guard.interrupted:
@@ -86,7 +86,7 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
     else:
         run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1,
-                                 callbacks=[*(callbacks or []), watch_callback()])
+                                 callbacks=[*(callbacks or []), InterruptWatch()])
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
                            tune_config=_tune_config(study, search, num_samples, scheduler, index,
                                                     ranked=phase == "search",
