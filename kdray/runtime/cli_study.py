@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -179,7 +180,13 @@ def main(build: Callable[[str], Study], description: str, presets: list[str],
     args = study_parser(description, presets, build).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     result = []
-    code = user_error_exit(lambda: result.append(_run(build, args, before)) or 0, args.debug)
+    try:
+        code = user_error_exit(lambda: result.append(_run(build, args, before)) or 0, args.debug)
+    except KeyboardInterrupt as e:  # StudyInterrupted: the records are final; nothing to print
+        from kdray.runtime.interrupts import INTERRUPTED_EXIT
+
+        print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(INTERRUPTED_EXIT) from None
     if code:
         raise SystemExit(code)
     return result[0]

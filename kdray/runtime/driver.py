@@ -39,8 +39,9 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
                  epoch_hooks: Sequence[EpochHook] = ()):
     """The TorchTrainer for one run (built inside a Tune trial or directly)."""
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
+    from kdray.runtime.interrupts import trainer_class
     from kdray.runtime.worker import train_fn_per_worker
 
     r = cfg.resources
@@ -57,7 +58,7 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
                    "storage_path": storage_path}
     if epoch_hooks:
         loop_config["epoch_hooks"] = list(epoch_hooks)
-    return TorchTrainer(
+    return trainer_class()(  # TorchTrainer that does not retry deterministic errors
         train_fn_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),

@@ -66,19 +66,13 @@ def runs_by_key(client, experiment_id: str, keys: list[str]) -> dict[str, str]:
     return out
 
 
-def mark_failed_runs(client, run_ids: list[str]) -> None:
-    """Trials that died without closing their MLflow run (e.g. a killed process) end FAILED."""
-    for rid in run_ids:
-        if client.get_run(rid).info.status == "RUNNING":
-            client.set_terminated(rid, "FAILED")
-
-
-
 def report(study: Study, trials: list[dict], best: dict | None, client, parent: str, path: str,
-           info: dict[str, str]) -> tuple[list[dict[str, Any]], str]:
+           info: dict[str, str], interrupted: bool = False) -> tuple[list[dict[str, Any]], str]:
     """Write results/<study>.md (header: the study's facts, then `info`), log it and best.json
     (the val-selected searched trial, its val metrics; none without a search) to the parent run,
-    and end that run."""
+    and end that run (KILLED, tag `kdray.status=interrupted`, when `interrupted`)."""
+    from kdray.runtime.interrupts import end_parent
+
     rows = summarize_rows(study, trials)
     header = {"study": study.name, "command": "`" + " ".join(["python", *sys.argv]) + "`",
               "method": study.base.method, "dataset": study.base.data.dataset,
@@ -92,7 +86,7 @@ def report(study: Study, trials: list[dict], best: dict | None, client, parent: 
         client.log_dict(parent, {**{k: best[k] for k in ("name", "label", "seed", "params",
                                                          "metrics", "config")},
                                  "selected_on": study.select_key}, "best.json")
-    client.set_terminated(parent, "FINISHED")
+    end_parent(client, parent, interrupted)
     show_results(text, path, client, parent)
     if chart:
         from kdray.runtime.console import emit

@@ -49,13 +49,23 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
 
 def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_samples: int,
                scheduler: bool, storage_path: str, tracking: dict, resume: bool,
-               callbacks: list | None = None, searcher=None) -> list[dict]:
+               callbacks: list | None = None, searcher=None, guard=None) -> list[dict]:
     """One Tuner over `param_space` (the grid of rows x seeds, the searched space, or the
     val-selected point x seeds); returns one dict per trial, in row order. Only the search phase
     gives Tune a metric (`study.select_key`, val): grid and best phases are not ranked by Tune.
-    `searcher`: the OptunaSearch to use (search="optuna")."""
+    `searcher`: the OptunaSearch to use (search="optuna"). `guard`: the study's StudyGuard
+    (kdray.runtime.interrupts): no phase starts after a Ctrl-C, and the trials it interrupted
+    are marked `interrupted`."""
     import ray
     from ray import tune
+
+    from kdray.runtime.interrupt_watch import InterruptWatch
+
+    if guard is not None:
+        if guard.interrupted:
+            log.info("%s: not started (study interrupted)", phase)
+            return []
+        guard.start_phase(phase)
 
     trial_res: dict[str, float] = {"cpu": 0, "memory": 256 * 1024**2}  # docs/runtime.md §P3
     if ray.cluster_resources().get(TRIAL_SLOT, 0) > 0:
@@ -83,14 +93,21 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         run_cfg = tune.RunConfig(name=f"{study.name}-{phase}", storage_path=storage_path,
                                  failure_config=tune.FailureConfig(max_failures=0),
                                  verbose=console.tune_verbose(),
-                                 callbacks=list(callbacks or []) + (  # Tune appends to it
-                                     [shown.callback(phase, index)] if shown else []))
+                                 callbacks=[*(callbacks or []), InterruptWatch(),  # Tune appends
+                                            *([shown.callback(phase, index)] if shown else [])])
         tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
                            tune_config=_tune_config(study, search, num_samples, scheduler, index,
                                                     ranked=phase == "search",
                                                     searcher=searcher))
     grid = tuner.fit()
-    out = [_trial_record(study, phase, res, index) for res in grid]
+    if guard is not None:
+        guard.rearm()
+    # trial ids also for trials that never reported (failed or interrupted before an epoch)
+    ids = [t.trial_id for t in getattr(getattr(grid, "_experiment_analysis", None), "trials", [])]
+    out = [_trial_record(study, phase, res, index, ids[i] if len(ids) == len(grid) else None)
+           for i, res in enumerate(grid)]
+    if guard is not None and guard.interrupted:
+        guard.mark_records(out)
     if scheduler:  # per-epoch metric, for the search report's ASHA rung table
         from kdray.runtime.search_report import epoch_history
 
@@ -130,19 +147,22 @@ def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, i
         trial_dirname_creator=lambda t: trial_name(t.config, index(t.trial_id)))
 
 
-def _trial_record(study: Study, phase: str, res, index) -> dict[str, Any]:
+def _trial_record(study: Study, phase: str, res, index, trial_id: str | None = None
+                  ) -> dict[str, Any]:
     """A Tune result as the plain dict the results table and best.json are made from."""
+    from kdray.runtime.interrupts import reason
+
     m = dict(res.metrics or {})
     params = dict(res.config or {})
-    trial_id = m.get("trial_id", "")
+    trial_id = trial_id or m.get("trial_id", "")
     status = "error" if res.error else ("finished" if m.get("epoch") == study.base.train.epochs
                                         else "stopped")
     label = BEST_LABEL if phase == "best" else params.get(ROW_KEY, phase)
     return {"name": trial_name(params, index(trial_id)),
             "label": label, "seed": params.get(SEED_KEY, study.base.seed),
             "params": {k: v for k, v in params.items() if k not in (ROW_KEY, SEED_KEY)},
-            "metrics": m, "status": status, "error": repr(res.error) if res.error else None,
-            "run_key": f"{study.name}/{phase}/{trial_id}",
+            "metrics": m, "status": status, "error": reason(res.error) if res.error else None,
+            "trial_id": trial_id, "run_key": f"{study.name}/{phase}/{trial_id}",
             "config": study.trial_config(params).to_dict(),
             "paper": study.row(label).paper if ROW_KEY in params else ""}
 
@@ -161,6 +181,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     `callbacks`: ray.tune Callbacks given to every phase's Tuner (e.g. to record results).
     `optuna_storage`: where the search's Optuna study is kept (kdray.runtime.search_report).
     """
+    from kdray.runtime import interrupts as I
     from kdray.runtime import study_report as R
     from kdray.runtime.session import ensure_ray
 
@@ -170,23 +191,33 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
                         tracking_uri=tracking_uri, results_dir=results_dir)
     client, exp_id, parent, tracking = R.open_study_run(study, tracking_uri, experiment, resume)
     osetup = _open_optuna(study, tracking["uri"], optuna_storage, resume, storage_path)
-    ensure_ray(address)
-    t0 = time.time()
-    phase = partial(_run_phase, storage_path=storage_path, tracking=tracking, resume=resume,
-                    callbacks=callbacks)
-    trials = _grid_phase(study, phase)
-    searched, best = _search_phases(study, phase, osetup, search_row, trials)
-    R.attach_runs(client, exp_id, trials)
-    if study.space:
-        header = R.search_report(study, client, parent, searched, results_dir,
-                                 {k: to_tune(d) for k, d in study.space.items()}, osetup, header)
-    R.mark_failed_runs(client, [t["run_id"] for t in trials
-                                if t["status"] == "error" and t["run_id"]])
-    info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
-            "MLflow parent run": f"`{parent}` ({R.portable_uri(tracking['uri'])})",
-            **(header or {})}
-    rows, path = R.report(study, trials, best, client, parent,
-                          os.path.join(results_dir, f"{study.name}.md"), info)
+    client.set_tag(parent, I.TAG_STATUS, "running")
+    with I.StudyGuard() as guard:  # Ctrl-C: stop every phase, then finalise the records
+        ensure_ray(address)
+        t0 = time.time()
+        phase = partial(_run_phase, storage_path=storage_path, tracking=tracking, resume=resume,
+                        callbacks=callbacks, guard=guard)
+        trials = _grid_phase(study, phase)
+        searched, best = _search_phases(study, phase, osetup, search_row, trials)
+        if guard.interrupted:
+            I.release_placement_groups()
+        R.attach_runs(client, exp_id, trials)
+        if study.space and not guard.interrupted:
+            header = R.search_report(study, client, parent, searched, results_dir,
+                                     {k: to_tune(d) for k, d in study.space.items()}, osetup,
+                                     header)
+        I.close_runs(client, exp_id, parent, trials)
+        info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
+                "MLflow parent run": f"`{parent}` ({R.portable_uri(tracking['uri'])})",
+                **(header or {})}
+        if guard.interrupted:
+            info = {"status": f"**interrupted** (Ctrl-C in the {guard.phase} phase); not final: "
+                              "continue with --resume", **info}
+        rows, path = R.report(study, trials, best, client, parent,
+                              os.path.join(results_dir, f"{study.name}.md"), info,
+                              interrupted=guard.interrupted)
+    if guard.interrupted:
+        raise I.StudyInterrupted(guard.phase, path)
     return StudyResult(rows, parent, path, best)
 
 

@@ -20,6 +20,7 @@ from kdray.config import ExperimentConfig
 from kdray.dist import all_gather_object
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
+from kdray.runtime.interrupts import count_attempt, record_failure
 from kdray.runtime.tracking import TrialTracker, epoch_metrics, step_metrics
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, cfg.resources.cpus_per_worker))
     tracker = _tracker(config, rank)
+    count_attempt(tracker)
     resume = _resume_state(rank)
     if resume is None:
         tracker.log_params(cfg.flatten())
@@ -54,6 +56,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         tracker.set_tag("kdray.status", "interrupted")
         tracker.set_terminated("KILLED")
         raise
+    except Exception as e:  # recorded; a deterministic error is not retried (interrupts.py)
+        err = record_failure(tracker, e, rank)
+        if err is e:
+            raise
+        raise err from e
     except BaseException:
         tracker.set_tag("kdray.status", "failed")
         tracker.set_terminated("FAILED")

@@ -38,7 +38,8 @@ def summarize_rows(study: Study, trials: list[dict[str, Any]]) -> list[dict[str,
         classifiers = ((t.get("config") or {}).get("eval") or {}).get("classifiers") or ()
         rows.append({"label": t.get("label") or t["name"], "seed": t.get("seed"), "split": split,
                      "params": t.get("params", {}), "metrics": m, "run_id": t.get("run_id"),
-                     "status": t.get("status"), "paper": t.get("paper", ""),
+                     "status": t.get("status"), "error": t.get("error"),
+                     "paper": t.get("paper", ""),
                      "epochs": m.get("epoch"), "episodes": t.get("episodes"),
                      "classifiers": list(classifiers), "health": collapse_flag(raw),
                      "teacher": teacher_cell(m)})
@@ -99,16 +100,22 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols + checks)
               + " | paper | epochs | status | MLflow run |",
               "|---" * (len(cols) + len(checks) + 7) + "|"]
+    errors = []
     for r in rows:
         params = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["params"].items())
         label = r["label"] + (f" ({params})" if params else "")
+        status = r["status"]
+        if status == "error" and r.get("error"):
+            errors.append(f"{len(errors) + 1}. {label}, seed {r['seed']}: {r['error']}")
+            status = f"error [{len(errors)}]"
         lines.append(f"| {label} | {r['seed']} | {r.get('split', '–')} | "
                      + " | ".join([*(fmt_ci(r["metrics"], k) for _, k in cols),
                                    *(r.get(k) or "–" for _, k in checks)])
-                     + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {r['status']} | "
+                     + f" | {r['paper'] or '–'} | {_short(r['epochs'])} | {status} | "
                      f"`{r['run_id'] or '–'}` |")
     if any(fmt_ci(r["metrics"], k).endswith("]") for r in rows for _, k in cols):
         lines += ["", "top-1 of a single run: [95% Wilson interval over its evaluated images]."]
+    lines += status_notes(rows, errors)
     lines += check_notes(checks)
     lines += row_summary(study, rows, cols)
     lines.append("")
@@ -117,6 +124,22 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def status_notes(rows: list[dict[str, Any]], errors: list[str]) -> list[str]:
+    """Under the table: what its statuses mean (when a row is not finished) and each error's
+    reason, numbered as in the status column."""
+    seen = {r["status"] for r in rows} - {"finished"}
+    if not seen:
+        return []
+    meaning = {"stopped": "stopped early by ASHA", "error": "failed (reason below; "
+               "deterministic errors are not retried)",
+               "interrupted": "stopped by Ctrl-C before the end; `--resume` continues it"}
+    out = ["", "status: " + "; ".join(f"{s}: {meaning[s]}" for s in sorted(seen) if s in meaning)
+           + "."]
+    if errors:
+        out += ["", "Errors:", "", *errors]
+    return out
 
 
 def check_notes(checks: list[tuple[str, str]]) -> list[str]:

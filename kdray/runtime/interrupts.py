@@ -1,0 +1,378 @@
+"""Failures and interrupts: which worker errors Ray Train may retry, the error record of a failed
+run, Ctrl-C on a study, and the MLflow runs a study leaves behind.
+
+* **Failures.** A worker error that would happen again with the same inputs (a user mistake, a
+  data error, a NaN loss, a shape mismatch: `is_deterministic`) is recorded on the run's MLflow
+  record (tag `kdray.error` = "Type: message", artifact `error.txt`) and re-raised as
+  `DeterministicError`; `RunFailurePolicy` tells the Train controller not to retry it. Anything
+  else (a worker or node lost, a collective broken by a dead peer, an I/O error) goes to Ray
+  Train's default policy: retried up to `resources.max_failures` times from the last checkpoint.
+* **Interrupts.** `StudyGuard` turns the first Ctrl-C on a study into "stop everything after
+  the records are final": Tune's own SIGINT handling stops the running phase (and saves its state
+  for `--resume`), the trials running at that moment are marked `interrupted`, no later phase
+  starts, leftover placement groups are removed, `close_runs` ends every MLflow run of the study,
+  the parent run ends KILLED (tag `kdray.status=interrupted`). A second Ctrl-C exits at once.
+* **Closing runs.** `close_runs` ends every trial run of a study parent that is still RUNNING:
+  finished -> FINISHED, ASHA-stopped -> FINISHED with `kdray.stopped=asha`, error -> FAILED with
+  the error, interrupted or unknown -> KILLED. Run at the end of every study, resumed or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import traceback
+
+log = logging.getLogger(__name__)
+
+TAG_STATUS = "kdray.status"      # running | finished | stopped | failed | interrupted
+TAG_ERROR = "kdray.error"        # "Type: message" of the last failure
+TAG_STOPPED = "kdray.stopped"    # asha: stopped early by the scheduler
+TAG_ATTEMPTS = "kdray.attempts"  # worker-group starts of the run (1 = never restarted)
+ERROR_ARTIFACT = "error.txt"
+INTERRUPTED_EXIT = 130           # the shell's code for a process ended by SIGINT
+_REASON_CHARS = 300              # tag and table length of an error reason
+
+# RuntimeError texts that mean a wrong shape or dtype (deterministic), and texts that mean a
+# broken collective, a lost peer or memory (infrastructure: retried)
+_SHAPE = re.compile(r"shape|size mismatch|must match the size|sizes? of tensors? must match|"
+                    r"to match target batch_size|expected input\[|channels|dimension|"
+                    r"expected scalar type|should be the same|out of bounds|index out of range",
+                    re.I)
+_INFRA = re.compile(r"gloo|nccl|connection|timed? ?out|peer|socket|barrier|"
+                    r"out of memory|cuda error|broken pipe|heartbeat", re.I)
+
+
+class DeterministicError(Exception):
+    """A worker error the same inputs would raise again; Ray Train does not retry it.
+
+    Carries the original exception's type name, message and traceback as plain strings, so it
+    unpickles in the Train controller and the driver without the original's module."""
+
+    def __init__(self, kind: str, message: str, trace: str = "") -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind, self.message, self.trace = kind, message, trace
+
+    def __reduce__(self):
+        return (self.__class__, (self.kind, self.message, self.trace))
+
+
+def is_deterministic(exc: BaseException) -> bool:
+    """Would `exc` happen again on a restart with the same config, data and checkpoint?
+
+    Yes for user mistakes (`kdray.checks.UserError`), a non-finite loss, programming and data
+    errors (ValueError, TypeError, LookupError, AssertionError, ArithmeticError, ...) and
+    RuntimeErrors about shapes or dtypes; no for everything that can come from the machine:
+    Ray's actor and node errors, torch.distributed errors, OSError, out of memory, and
+    RuntimeErrors that name a collective, a connection or a timeout."""
+    from kdray.checks import UserError
+
+    if isinstance(exc, DeterministicError | UserError):
+        return True
+    names = {c.__module__ + "." + c.__name__ for c in type(exc).__mro__}
+    if any(n.startswith(("ray.", "torch.distributed")) for n in names) or any(
+            "OutOfMemory" in n for n in names):
+        return False
+    if isinstance(exc, OSError | MemoryError | KeyboardInterrupt | SystemExit):
+        return False
+    text = str(exc)
+    if isinstance(exc, ArithmeticError | ValueError | TypeError | LookupError | AssertionError
+                  | AttributeError | NameError | ImportError | NotImplementedError):
+        return not _INFRA.search(text) or isinstance(exc, ArithmeticError)
+    if isinstance(exc, RuntimeError):
+        return bool(_SHAPE.search(text)) and not _INFRA.search(text)
+    return False
+
+
+def reason(exc: BaseException | str | None) -> str:
+    """"Type: first line of the message", short enough for a tag and the results table; the
+    underlying worker error when `exc` is Ray's wrapper (RayTaskError, WorkerGroupError)."""
+    if exc is None:
+        return ""
+    if isinstance(exc, str):
+        return _short(exc)
+    exc = _root(exc)
+    if isinstance(exc, DeterministicError):
+        return _short(f"{exc.kind}: {exc.message}")
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return _short(f"{type(exc).__name__}: {lines[0] if lines else ''}")
+
+
+def _short(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The worker's own error inside Ray's wrappers (a Tune trial's RayTaskError around Train's
+    WorkerGroupError around the failing ranks' errors), preferring a DeterministicError."""
+    for _ in range(8):
+        cause = getattr(exc, "cause", None)  # RayTaskError(cause)
+        failures = getattr(exc, "worker_failures", None)  # WorkerGroupError
+        if failures:
+            errs = list(failures.values())
+            exc = next((e for e in errs if isinstance(e, DeterministicError)), errs[0])
+            exc = getattr(exc, "_base_exc", exc)
+        elif isinstance(cause, BaseException) and cause is not exc:
+            exc = cause
+        else:
+            break
+    return exc
+
+
+# ---------------------------------------------------------------------------- the worker side
+def count_attempt(tracker) -> int:
+    """Rank 0 at every start of a run's worker group: `kdray.attempts` += 1 (a retry or a resumed
+    run counts again); a stale `kdray.error` of an earlier attempt is dropped. Returns the count."""
+    if not tracker.enabled:
+        return 0
+    client, run_id = tracker._client, tracker.run_id
+    tags = client.get_run(run_id).data.tags if tracker.resumed else {}
+    n = int(tags.get(TAG_ATTEMPTS, "0") or 0) + 1
+    tracker.set_tag(TAG_ATTEMPTS, n)
+    if TAG_ERROR in tags:
+        client.delete_tag(run_id, TAG_ERROR)
+    return n
+
+
+def record_failure(tracker, exc: BaseException, rank: int = 0) -> BaseException:
+    """Record a failed worker on its MLflow run (rank 0): tag `kdray.error`, `error.txt` with the
+    traceback, `kdray.status=failed`, status FAILED. Returns the exception to raise: a
+    `DeterministicError` (not retried) for `is_deterministic` errors, else `exc` itself."""
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    why = reason(exc)
+    deterministic = is_deterministic(exc)
+    if tracker.enabled:
+        try:
+            tracker.set_tags({TAG_ERROR: why, TAG_STATUS: "failed"})
+            text = (f"{why}\n\nrank: {rank}\nretried by Ray Train: "
+                    f"{'no (deterministic)' if deterministic else 'yes, up to max_failures'}\n\n"
+                    f"{trace}")
+            tracker._client.log_text(tracker.run_id, text, ERROR_ARTIFACT)
+            tracker.set_terminated("FAILED")
+        except Exception:  # the record must never hide the error itself
+            log.exception("could not record the failure on MLflow run %s", tracker.run_id)
+    if deterministic and not isinstance(exc, DeterministicError):
+        return DeterministicError(type(exc).__name__, str(exc), trace)
+    return exc
+
+
+def failure_policy_class():
+    """Ray Train's default failure policy, except that a worker-group failure in which some rank
+    raised a `DeterministicError` and no worker was lost is raised at once, never retried."""
+    from ray.exceptions import RayActorError
+    from ray.train.v2._internal.execution.failure_handling import (
+        DefaultFailurePolicy,
+        FailureDecision,
+    )
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    class RunFailurePolicy(DefaultFailurePolicy):
+        def make_decision(self, training_failed_error):
+            if isinstance(training_failed_error, WorkerGroupError):
+                errs = [getattr(e, "_base_exc", e)
+                        for e in training_failed_error.worker_failures.values()]
+                if any(isinstance(e, DeterministicError) for e in errs) and not any(
+                        isinstance(e, RayActorError) for e in errs):
+                    log.info("[kdray] deterministic worker error, not retried: %s",
+                             reason(training_failed_error))
+                    return FailureDecision.RAISE
+            return super().make_decision(training_failed_error)
+
+    return RunFailurePolicy
+
+
+def trainer_class():
+    """TorchTrainer whose controller uses the failure policy above (the only change)."""
+    from ray.train.torch import TorchTrainer
+
+    policy = failure_policy_class()
+
+    class Trainer(TorchTrainer):
+        def _initialize_and_run_controller(self, **kwargs):
+            kwargs["failure_policy"] = policy(self.run_config.failure_config)
+            return super()._initialize_and_run_controller(**kwargs)
+
+    return Trainer
+
+
+# ---------------------------------------------------------------------------- Ctrl-C on a study
+_ACTIVE: StudyGuard | None = None  # the guard of the running study (read by the Tune callback)
+_UNFINISHED = ("RUNNING", "PENDING", "PAUSED")
+
+
+class StudyGuard:
+    """Ctrl-C handling for `run_study`, as a context manager around the whole study.
+
+    Outside a Tune loop the first SIGINT only sets `interrupted` (the study checks it before each
+    phase); inside one, the Tune callback `kdray.runtime.interrupt_watch.InterruptWatch` chains in front of Tune's own handler, which stops the
+    loop and saves the phase's state, and remembers which trials were unfinished at that moment.
+    A second SIGINT ends the process at once (exit 130); `--resume` closes its records then."""
+
+    def __init__(self) -> None:
+        self.interrupted = False
+        self.phase: str | None = None
+        self.unfinished: set[str] = set()   # trial ids unfinished at the interrupt
+        self._trials: list = []
+        self._old = None
+
+    def __enter__(self) -> StudyGuard:
+        global _ACTIVE
+        _ACTIVE = self
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        global _ACTIVE
+        _ACTIVE = None
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+    def rearm(self) -> None:
+        """After a Tune run: Tune leaves its handler installed; put the study's back."""
+        if self._old is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        if self.interrupted:
+            _exit_now()
+        self._mark()
+
+    def _mark(self) -> None:
+        self.interrupted = True
+        self.unfinished |= {t.trial_id for t in self._trials if t.status in _UNFINISHED}
+        print(f"\n[kdray] Ctrl-C: stopping the study{f' in its {self.phase} phase' if self.phase else ''} "
+              "after finalising its records (running trials are marked interrupted; resume with "
+              "--resume). Press Ctrl-C again to exit at once.", file=sys.stderr, flush=True)
+
+    def start_phase(self, phase: str) -> None:
+        self.phase, self._trials = phase, []
+
+    def mark_records(self, records: list[dict]) -> int:
+        """Trials of the interrupted phase that were unfinished at the interrupt become
+        `interrupted` (Tune reports them TERMINATED once it has stopped them); returns how many."""
+        n = 0
+        for r in records:
+            if r.get("trial_id") in self.unfinished and r["status"] != "error":
+                r["status"], n = "interrupted", n + 1
+        return n
+
+
+def _exit_now() -> None:
+    print("\n[kdray] second Ctrl-C: exiting now; `--resume` closes the study's MLflow runs",
+          file=sys.stderr, flush=True)
+    os._exit(INTERRUPTED_EXIT)
+
+
+def guarded_handler(guard: StudyGuard, tune_handler):
+    """The SIGINT handler during a Tune run: note the interrupt, then let Tune stop its loop
+    (Tune's handler then restores the study's own, so a second Ctrl-C exits at once)."""
+
+    def handler(signum, frame):
+        if guard.interrupted:
+            _exit_now()
+        guard._mark()
+        if callable(tune_handler):
+            tune_handler(signum, frame)
+
+    return handler
+
+
+def release_placement_groups(wait_s: float = 10.0) -> int:
+    """Remove the placement groups this job created that are still alive (a stopped trial's Train
+    controller dies without removing its workers' group; Ray's cleaner may not have run yet).
+    Returns how many are left afterwards (0 expected)."""
+    import ray
+    from ray.util import placement_group_table, remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.time() + wait_s
+    left = -1
+    while True:
+        try:
+            alive = [p for p in list_placement_groups(detail=True, raise_on_missing_output=False)
+                     if p.state != "REMOVED" and p.creator_job_id == job]
+        except Exception as e:  # no State API (no dashboard): fall back to every group
+            log.warning("placement groups: state API unavailable (%s)", e)
+            alive = [type("P", (), {"placement_group_id": k})() for k, v in
+                     placement_group_table().items() if v["state"] != "REMOVED"]
+        left = len(alive)
+        if not alive or time.time() > deadline:
+            break
+        for p in alive:
+            try:
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(
+                    bytes.fromhex(p.placement_group_id))))
+            except Exception as e:
+                log.warning("placement group %s: %s", p.placement_group_id, e)
+        time.sleep(1.0)
+    print(f"[kdray] placement groups of this study: {left} left", file=sys.stderr, flush=True)
+    return left
+
+
+# ---------------------------------------------------------------------------- closing records
+def close_runs(client, experiment_id: str, parent: str, trials: list[dict]) -> dict[str, str]:
+    """End every trial run of study `parent` that is still RUNNING, by its trial's status:
+    finished -> FINISHED; stopped (ASHA) -> FINISHED, `kdray.stopped=asha`; error -> FAILED with
+    `kdray.error` (and `error.txt` when the worker could not write one); interrupted, or a run
+    no trial of this study claims -> KILLED, `kdray.status=interrupted`. Returns {run id: new
+    status}."""
+    by_key = {t["run_key"]: t for t in trials}
+    runs = client.search_runs([experiment_id],
+                              f"tags.`mlflow.parentRunId` = '{parent}' and "
+                              "attributes.status = 'RUNNING'", max_results=5000)
+    closed = {}
+    for run in runs:
+        t = by_key.get(run.data.tags.get("kdray.run_key"), {})
+        status = t.get("status", "interrupted")
+        rid = run.info.run_id
+        if status == "finished":
+            client.set_tag(rid, TAG_STATUS, "finished")
+            end = "FINISHED"
+        elif status == "stopped":
+            client.set_tag(rid, TAG_STOPPED, "asha")
+            client.set_tag(rid, TAG_STATUS, "stopped")
+            end = "FINISHED"
+        elif status == "error":
+            why = t.get("error") or "the trial failed without a recorded error"
+            if TAG_ERROR not in run.data.tags:
+                client.set_tag(rid, TAG_ERROR, reason(why))
+                client.log_text(rid, f"{why}\n\n(recorded by the study driver)\n", ERROR_ARTIFACT)
+            client.set_tag(rid, TAG_STATUS, "failed")
+            end = "FAILED"
+        else:
+            client.set_tag(rid, TAG_STATUS, "interrupted")
+            end = "KILLED"
+        client.set_terminated(rid, end)
+        closed[rid] = end
+    if closed:
+        log.info("closed %d MLflow runs left RUNNING: %s", len(closed), closed)
+    # stopped trials whose worker ended the run itself still get the tag
+    for t in trials:
+        if t["status"] == "stopped" and t.get("run_id") and t["run_id"] not in closed:
+            client.set_tag(t["run_id"], TAG_STOPPED, "asha")
+    return closed
+
+
+def end_parent(client, parent: str, interrupted: bool) -> None:
+    """The study run's end: FINISHED (`kdray.status=finished`) or KILLED (`interrupted`)."""
+    client.set_tag(parent, TAG_STATUS, "interrupted" if interrupted else "finished")
+    client.set_terminated(parent, "KILLED" if interrupted else "FINISHED")
+
+
+class StudyInterrupted(KeyboardInterrupt):
+    """Raised by `run_study` after an interrupted study's records were finalised."""
+
+    def __init__(self, phase: str | None, results_path: str) -> None:
+        super().__init__(f"study interrupted{f' in its {phase} phase' if phase else ''}; "
+                         f"records final, table at {results_path}; continue with --resume")
+        self.phase, self.results_path = phase, results_path
