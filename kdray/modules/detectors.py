@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-
 from typing import TYPE_CHECKING
 
 import torch
