@@ -11,7 +11,12 @@ the method itself is unchanged.
 GPU, paper head (8192 prototypes), bf16 autocast; random tensors (no data loading); prints
 images/s/GPU and peak memory.
 
-    python bench/smkd_step.py                 # CPU, 2 threads
+CPU prints ms per step (and per part of it) for both `patch_impl`s as min / median over
+interleaved rounds, the paper / official ratio per round, and with `--memory` the peak resident
+memory of a fresh process training each implementation alone.
+
+    python bench/smkd_step.py                 # CPU, 2 threads, batch 32, 5 rounds of 3 steps
+    python bench/smkd_step.py --memory        # + peak memory per implementation
     python bench/smkd_step.py --gpu
 """
 
@@ -20,6 +25,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import itertools
+import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -32,7 +42,7 @@ from kdray.data.loader import TrainCollate
 from kdray.engine.loop import seed_all
 from kdray.engine.optim import apply_schedules, build_optimizer
 from kdray.methods import build_method
-from kdray.modules import smkd_losses
+from kdray.methods.smkd import losses as smkd_losses
 from kdray.presets.smkd import SMOKE, SMOKE_PHASE2
 from kdray.types import Batch, Step
 
@@ -125,10 +135,76 @@ def run_steps(method, opt, cfg: ExperimentConfig, batches, device: torch.device,
     return total, images
 
 
+def _batches(cfg: ExperimentConfig):
+    """The smoke pipeline's training batches, epoch after epoch."""
+    loader = build_train_loader(cfg, rank=0, world=1)
+    for epoch in itertools.count():
+        set_epoch(loader, epoch)
+        yield from loader
+
+
+def _stats(xs: list[float]) -> str:
+    return f"{min(xs):7.1f} / {statistics.median(xs):7.1f}"
+
+
+def _peak_rss(impl: str, args: argparse.Namespace, root: str) -> tuple[float, float]:
+    """(whole-step peak resident MB of a fresh process training `impl`, extra peak MB of the
+    patch loss's forward + backward alone at the step's shapes in another fresh process)."""
+    out = []
+    for what in ("step", "loss"):
+        cmd = [sys.executable, __file__, "--peak-rss", f"{impl}:{what}", "--arch", args.arch,
+               "--batch", str(args.batch), "--steps", str(args.steps), "--warmup",
+               str(args.warmup), "--threads", str(args.threads), "--data-root", root]
+        res = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        out.append(float(res.split()[-1]))
+    return out[0], out[1]
+
+
+def _max_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def peak_rss_only(args: argparse.Namespace) -> None:
+    impl, what = args.peak_rss.split(":")
+    torch.set_num_threads(args.threads)
+    cfg = cpu_config(args.arch, args.batch, args.data_root, impl)
+    seed_all(0)
+    method = build_method(cfg, 64).train()
+    if what == "step":
+        opt = build_optimizer(method, cfg.optim)
+        run_steps(method, opt, cfg, itertools.islice(_batches(cfg), args.warmup + args.steps),
+                  torch.device("cpu"), args.warmup)
+        print(_max_rss_mb())
+        return
+    # the patch term's inputs as the method makes them: (G, B, N, K) probabilities and
+    # log-probabilities, (G, B, N, D) features, class-aware labels (4 images per class)
+    d, m = cfg.data, cfg.method_cfg
+    g, b, n = d.global_crops, d.batch_size, (d.image_size // d.patch_size) ** 2
+    dim = method.student.backbone.num_features
+    labels = torch.arange(b) // 4
+    t_probs = torch.softmax(torch.randn(g, b, n, m.out_dim), -1)
+    logits = torch.randn(g, b, n, m.out_dim, requires_grad=True)
+    t_feat, s_feat = torch.randn(g, b, n, dim), torch.randn(g, b, n, dim)
+    weight = torch.full((g, b, n), 1.0 / n)
+    pairs = smkd_losses.global_pair_mask(labels, g, same_image=True)
+    del method
+    s_logp = torch.log_softmax(logits, -1)
+    before = _max_rss_mb()
+    if impl == "official":
+        loss = smkd_losses.patch_loss_official(t_probs, s_logp, t_feat, s_feat, labels, None)
+    else:
+        loss = smkd_losses.patch_loss_paper(t_probs, s_logp, t_feat, s_feat, weight, pairs)
+    loss.backward()
+    print(_max_rss_mb() - before)
+
+
 def bench_cpu(args: argparse.Namespace) -> None:
+    """paper and official trained side by side: `rounds` interleaved rounds of `steps` steps
+    each (paper, official, paper, ...), so load on a shared machine hits both alike."""
     torch.set_num_threads(args.threads)
     install_timers()
     root = args.data_root or tempfile.mkdtemp(prefix="kdray-bench-")
+    runs, samples = {}, {}
     for impl in ("paper", "official"):
         cfg = cpu_config(args.arch, args.batch, root, impl)
         seed_all(0)
@@ -136,26 +212,40 @@ def bench_cpu(args: argparse.Namespace) -> None:
         _model_timer(method.student, torch.device("cpu"))
         _model_timer(method.teacher, torch.device("cpu"))
         opt = build_optimizer(method, cfg.optim)
-        loader = build_train_loader(cfg, rank=0, world=1)
-        set_epoch(loader, 0)
-        batches = (b for i, b in zip(range(args.steps + args.warmup), loader))
-        total, images = run_steps(method, opt, cfg, batches, torch.device("cpu"), args.warmup)
-        t = dict(TIMES)
-        data = t["data"] - t.get("masking", 0.0)
-        rest = total - t["data"] - t["model"] - t["losses"]
-        print(f"patch_impl={impl}: {cfg.model.arch} at {cfg.data.image_size} px, batch "
-              f"{cfg.data.batch_size}, {cfg.data.global_crops}+{cfg.data.local_crops} crops, "
-              f"{args.threads} threads: {images / total:.1f} images/s, "
-              f"{1000 * total / args.steps:.0f} ms/step")
-        shares = {"data loading + augmentation": data, "mask drawing (collate)": t["masking"],
-                  "pair mining + matching + loss terms": t["losses"],
-                  "student + teacher forward": t["model"],
-                  "backward + AdamW + EMA/centres": rest}
-        for k, v in shares.items():
-            print(f"  {k:38s} {100 * v / total:5.1f} %")
-        outside = data + t["masking"] + t["losses"]
-        print(f"  outside the model (data, masking, matching): {100 * outside / total:.1f} % "
-              f"of the step; model/outside ratio {(total - outside) / max(outside, 1e-9):.2f}")
+        batches = _batches(cfg)
+        run_steps(method, opt, cfg, itertools.islice(batches, args.warmup), torch.device("cpu"), 0)
+        runs[impl], samples[impl] = (method, opt, cfg, batches), []
+    for _ in range(args.rounds):
+        for impl, (method, opt, cfg, batches) in runs.items():
+            TIMES.clear()
+            total, _ = run_steps(method, opt, cfg, itertools.islice(batches, args.steps),
+                                 torch.device("cpu"), 0)
+            samples[impl].append({"step": total, **TIMES})
+    cfg = runs["paper"][2]
+    print(f"{cfg.model.arch} at {cfg.data.image_size} px, batch {cfg.data.batch_size}, "
+          f"{cfg.data.global_crops}+{cfg.data.local_crops} crops, {args.threads} threads; "
+          f"ms per step, min / median over {args.rounds} interleaved rounds of {args.steps} steps")
+    parts = {"whole step": lambda t: t["step"],
+             "data loading + augmentation": lambda t: t["data"] - t.get("masking", 0.0),
+             "mask drawing (collate)": lambda t: t.get("masking", 0.0),
+             "pair mining + matching + loss terms": lambda t: t["losses"],
+             "student + teacher forward": lambda t: t["model"],
+             "backward + AdamW + EMA/centres":
+                 lambda t: t["step"] - t["data"] - t["model"] - t["losses"]}
+    print(f"  {'':38s} {'paper':>17s} {'official':>17s}")
+    for name, part in parts.items():
+        cols = [_stats([1000 * part(t) / args.steps for t in samples[impl]]) for impl in runs]
+        print(f"  {name:38s} {cols[0]:>17s} {cols[1]:>17s}")
+    ratio = [p["step"] / o["step"] for p, o in zip(samples["paper"], samples["official"])]
+    loss_ratio = [p["losses"] / o["losses"] for p, o in zip(samples["paper"], samples["official"])]
+    print(f"  paper / official per round: step {min(ratio):.3f} / {statistics.median(ratio):.3f}, "
+          f"losses {min(loss_ratio):.3f} / {statistics.median(loss_ratio):.3f} (min / median)")
+    if args.memory:
+        peaks = {impl: _peak_rss(impl, args, root) for impl in runs}
+        print("  peak resident memory of a fresh process training each alone: "
+              + ", ".join(f"{k} {v[0]:.0f} MB" for k, v in peaks.items()))
+        print("  extra peak memory of the patch loss forward + backward alone (fresh process, "
+              "the step's shapes): " + ", ".join(f"{k} {v[1]:.0f} MB" for k, v in peaks.items()))
 
 
 def gpu_batches(cfg: ExperimentConfig, n: int, device: torch.device):
@@ -200,15 +290,21 @@ def bench_gpu(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--arch", default="vit_tiny_p4_32")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3, help="steps per round (CPU)")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (CPU)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--memory", action="store_true",
+                   help="also the peak resident memory of each implementation (fresh processes)")
+    p.add_argument("--peak-rss", default=None, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-root", default=None, help="default: a temporary folder")
     p.add_argument("--gpu", action="store_true", help="ViT-S/16, 224 px, bf16 (needs CUDA)")
     p.add_argument("--gpu-batch", type=int, default=64)
     args = p.parse_args()
-    if args.gpu:
+    if args.peak_rss:
+        peak_rss_only(args)
+    elif args.gpu:
         if not torch.cuda.is_available():
             raise SystemExit("--gpu: no CUDA device here")
         bench_gpu(args)

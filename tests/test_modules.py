@@ -195,3 +195,37 @@ def test_multicrop_one_backbone_call_per_resolution_and_layout():
     with torch.no_grad():
         attn = model(views[:2], return_attn=True).attn
     assert math.isclose(float(attn.sum()), 4.0, rel_tol=1e-5)
+
+
+def _wide_block_out_of_place(block, x):
+    """The WRN block as written before its ReLUs went in place (the reference)."""
+    o = torch.relu(block.bn1(x))
+    y = block.conv2(torch.relu(block.bn2(block.conv1(o))))
+    return y + (x if block.proj is None else block.proj(o))
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_wrn_in_place_relus_give_equal_outputs_gradients_and_bn_statistics(train):
+    import copy
+    import types
+
+    from kdray.modules.backbones import build_backbone
+    from kdray.modules.cifar_zoo import _WideBlock
+
+    torch.manual_seed(0)
+    fast = build_backbone("wrn_16_2").train(train)
+    ref = copy.deepcopy(fast)
+    for m in ref.modules():
+        if isinstance(m, _WideBlock):
+            m.forward = types.MethodType(_wide_block_out_of_place, m)
+    x = torch.randn(4, 3, 32, 32)
+    outs, grads = [], []
+    for net in (fast, ref):
+        xi = x.clone().requires_grad_()
+        out = net(xi)
+        (out * torch.linspace(-1, 1, out.shape[1])).sum().backward()
+        outs.append(out.detach())
+        grads.append([xi.grad] + [p.grad for p in net.parameters()])
+    assert torch.equal(outs[0], outs[1])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(fast.buffers(), ref.buffers()))

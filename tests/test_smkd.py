@@ -168,6 +168,43 @@ def test_eq5_patch_paper_matches_loop(wk_mode):
     assert float(got) == pytest.approx(_paper_reference(t, s, tf, sf, w, labels), rel=1e-5)
 
 
+def _paper_gathered(t_probs, s_logp, t_feat, s_feat, t_weight, pairs):
+    """The earlier dense implementation of Eq. 4-5 (pair x patch x prototype gathers), kept as
+    the reference for the sparse-target `patch_loss_paper`."""
+    t, i, s, j = pairs.nonzero().unbind(1)
+    n, b = s_logp.shape[2], s_logp.shape[1]
+    with torch.no_grad():
+        tf = F.normalize(t_feat[t, i].float(), dim=-1)
+        sf = F.normalize(s_feat[s, j].float(), dim=-1)
+        best = (tf @ sf.transpose(1, 2)).argmax(-1)
+    rows = ((s * b + j)[:, None] * n + best).reshape(-1)
+    s_rows = s_logp.reshape(-1, s_logp.shape[-1]).index_select(0, rows).view(*best.shape, -1)
+    ce = -(t_probs[t, i] * s_rows).sum(-1)
+    return (ce * t_weight[t, i]).sum(-1).mean()
+
+
+@pytest.mark.parametrize("wk_mode,chunk", [("uniform", 64), ("attention", 64), ("attention", 3)])
+def test_eq5_patch_paper_sparse_target_equals_gathered_loss_and_gradients(wk_mode, chunk):
+    torch.manual_seed(7)
+    b, n, k, d = 12, 9, 7, 5
+    labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 3, 1, 2, 0, 4])
+    t = _probs(G, b, n, k).double().requires_grad_()
+    x = torch.randn(G, b, n, k, dtype=torch.float64, requires_grad=True)
+    tf, sf = torch.randn(G, b, n, d).double(), torch.randn(G, b, n, d).double()
+    w = (torch.full((G, b, n), 1 / n) if wk_mode == "uniform"
+         else torch.softmax(torch.randn(G, b, n), -1)).double().requires_grad_()
+    pairs = L.global_pair_mask(labels, G, same_image=True)
+    losses, grads = [], []
+    for fn in (_paper_gathered, lambda *a: L.patch_loss_paper(*a, chunk=chunk)):
+        loss = fn(t, torch.log_softmax(x, -1), tf, sf, w, pairs)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, (x, t, w)))
+    assert losses[1].dtype == torch.float64
+    assert abs(float((losses[0] - losses[1]).detach())) <= 1e-10
+    for ref, got in zip(*grads):
+        assert float((ref - got).abs().max()) <= 1e-10
+
+
 def _official_reference(t, s, tf, sf, labels, attn):
     """The released code's semantics (docs/methods/smkd.md §1.2), written as group-flattened tensors."""
     n, k = t.shape[2], t.shape[3]

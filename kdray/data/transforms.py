@@ -22,13 +22,31 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import v2
 
 if TYPE_CHECKING:
+    from torchvision.transforms import v2
+
     from kdray.config import DataConfig
     from kdray.data.base import DatasetSpec
 
-_BICUBIC = v2.InterpolationMode.BICUBIC
+
+class _LazyV2:
+    """`torchvision.transforms.v2`, imported on first use: importing torchvision pulls in its
+    models and ops (and torch._dynamo), which processes that never build a transform (a Tune
+    driver, a DDP trial's driver, `kdray report`) need not pay for."""
+
+    def __getattr__(self, name: str):
+        from torchvision.transforms import v2 as module
+
+        return getattr(module, name)
+
+
+if not TYPE_CHECKING:
+    v2 = _LazyV2()
+
+
+def _bicubic():
+    return v2.InterpolationMode.BICUBIC
 
 
 def _finish(spec: DatasetSpec) -> list:
@@ -74,7 +92,7 @@ def basic_transform(cfg: DataConfig, spec: DatasetSpec) -> Callable[[Image.Image
     if spec.native_size <= 32:
         crop = [v2.Resize(size, antialias=True), v2.RandomCrop(size, padding=size // 8)]
     else:
-        crop = [v2.RandomResizedCrop(size, scale=cfg.global_scale, interpolation=_BICUBIC,
+        crop = [v2.RandomResizedCrop(size, scale=cfg.global_scale, interpolation=_bicubic(),
                                      antialias=True)]
     return v2.Compose([v2.ToImage(), *crop, *_flip(spec), *_finish(spec)])
 
@@ -84,7 +102,7 @@ class MultiCrop:
 
     def __init__(self, cfg: DataConfig, spec: DatasetSpec) -> None:
         def crop(size: int, scale: tuple[float, float], colour: list) -> v2.Compose:
-            rrc = v2.RandomResizedCrop(size, scale=scale, interpolation=_BICUBIC, antialias=True)
+            rrc = v2.RandomResizedCrop(size, scale=scale, interpolation=_bicubic(), antialias=True)
             return v2.Compose([v2.ToImage(), rrc, *_flip(spec), *colour, *_finish(spec)])
 
         g, loc = cfg.image_size, cfg.local_size

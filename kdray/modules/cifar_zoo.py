@@ -37,8 +37,10 @@ class _WideBlock(nn.Module):
             self.proj = nn.Conv2d(cin, cout, 1, stride, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        o = F.relu(self.bn1(x))
-        y = self.conv2(F.relu(self.bn2(self.conv1(o))))
+        # in-place ReLUs on fresh BN outputs: BN's backward needs its input, never its output,
+        # and the block input x is left untouched (tests/test_modules.py checks equal gradients)
+        o = F.relu(self.bn1(x), inplace=True)
+        y = self.conv2(F.relu(self.bn2(self.conv1(o)), inplace=True))
         # the projection reads the activated input, as in Zagoruyko & Komodakis' code
         return y + (x if self.proj is None else self.proj(o))
 

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torchvision.models import resnet
-from torchvision.models.detection import FasterRCNN, RetinaNet
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.image_list import ImageList
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+if TYPE_CHECKING:   # torchvision is imported where a detector is built or run (import cost)
+    from torchvision.models import resnet
+    from torchvision.models.detection.image_list import ImageList
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ IMAGE_MEAN, IMAGE_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _resnet(arch: str, pretrained: bool) -> resnet.ResNet:
+    from torchvision.models import resnet
+
     weights = None
     if pretrained:
         try:
@@ -60,6 +62,10 @@ def build_detector(family: str, arch: str, num_classes: int, *, fpn_channels: in
     if family not in FAMILIES or arch not in ARCHS:
         raise ValueError(f"detector family must be one of {FAMILIES} and arch one of {ARCHS}, "
                          f"got {family!r}, {arch!r}")
+    from torchvision.models.detection import FasterRCNN, RetinaNet
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
     body = _resnet(arch, pretrained)
     layers = [2, 3, 4] if family == "retinanet" else [1, 2, 3, 4]
     stage2 = body.inplanes // 8  # C2 width; C_i doubles per stage
@@ -74,12 +80,20 @@ def build_detector(family: str, arch: str, num_classes: int, *, fpn_channels: in
     return FasterRCNN(backbone, num_classes + 1, **sizes)
 
 
+def _is_retinanet(model: nn.Module) -> bool:
+    from torchvision.models.detection import RetinaNet
+
+    return isinstance(model, RetinaNet)
+
+
 def family_of(model: nn.Module) -> str:
-    return "retinanet" if isinstance(model, RetinaNet) else "faster_rcnn"
+    return "retinanet" if _is_retinanet(model) else "faster_rcnn"
 
 
 def image_list(x: Tensor, sizes: list[tuple[int, int]] | None = None) -> ImageList:
     """Normalise a zero-padded (B, 3, H, W) batch in [0, 1]; padding stays 0 after it."""
+    from torchvision.models.detection.image_list import ImageList
+
     mean = x.new_tensor(IMAGE_MEAN)[:, None, None]
     std = x.new_tensor(IMAGE_STD)[:, None, None]
     sizes = sizes or [(x.shape[-2], x.shape[-1])] * x.shape[0]
@@ -102,7 +116,7 @@ def task_losses(model: nn.Module, images: ImageList, feats: OrderedDict[str, Ten
     Args:
         targets: per image {"boxes": (N, 4) xyxy, "labels": (N,) int64 in 0..K-1}.
     """
-    if isinstance(model, RetinaNet):
+    if _is_retinanet(model):
         fl = list(feats.values())
         return model.compute_loss(targets, model.head(fl), model.anchor_generator(images, fl))
     targets = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
@@ -113,7 +127,7 @@ def task_losses(model: nn.Module, images: ImageList, feats: OrderedDict[str, Ten
 
 def detect(model: nn.Module, images: ImageList, feats: OrderedDict[str, Tensor]) -> list[dict]:
     """Per image {"boxes" xyxy input pixels, "scores", "labels" 0..K-1} (model in eval mode)."""
-    if isinstance(model, RetinaNet):
+    if _is_retinanet(model):
         fl = list(feats.values())
         head = model.head(fl)
         anchors = model.anchor_generator(images, fl)

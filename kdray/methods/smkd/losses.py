@@ -86,13 +86,18 @@ def mim_loss(t_probs: Tensor, s_logp: Tensor, masks: Tensor) -> Tensor:
 
 
 def patch_loss_paper(t_probs: Tensor, s_logp: Tensor, t_feat: Tensor, s_feat: Tensor,
-                     t_weight: Tensor, pairs: Tensor) -> Tensor:
+                     t_weight: Tensor, pairs: Tensor, *, chunk: int = 16) -> Tensor:
     """Cross-image patch matching, Eq. 4-5 as written in the paper.
 
     For each valid pair (teacher view t, image i; student view s, image j), every teacher patch k
     is matched to k+ = argmax_l cos(f_t(i, k), f_s(j, l)) over all student patches (backbone
     features; no gradient through the matching) and the pair scores
     sum_k w_k * H(P_t(i)_k, P_s(j)_{k+}). The loss is the mean over pairs.
+
+    Computed without gathering pair x patch x prototype tensors: the matches form a sparse
+    matrix A (student patch row, teacher patch row) holding w_k / #pairs, so the loss is
+    -sum(T * log P_s) with the per-student-patch target T = A @ P_t (one (G*B*N, K) tensor;
+    its gradient with respect to log P_s is -T). Matching runs `chunk` pairs at a time.
 
     Args:
         t_probs: (G, B, N, K) teacher patch probabilities.
@@ -102,21 +107,31 @@ def patch_loss_paper(t_probs: Tensor, s_logp: Tensor, t_feat: Tensor, s_feat: Te
         t_weight: (G, B, N) teacher patch weights w_k, each row summing to 1 (1/N = uniform).
         pairs: (G, B, G, B) bool (teacher view, image, student view, image), from
             `global_pair_mask`.
+        chunk: pairs matched per batched matmul (bounds the matching's memory).
     """
     idx = pairs.nonzero()                                               # (P, 4): t, i, s, j
     if idx.shape[0] == 0:
         return _zero(s_logp)
-    t, i, s, j = idx.unbind(1)
-    n = s_logp.shape[2]
+    b, n, k = s_logp.shape[1], s_logp.shape[2], s_logp.shape[3]
+    rows_t = idx[:, 0] * b + idx[:, 1]                                  # teacher image-view
+    rows_s = idx[:, 2] * b + idx[:, 3]                                  # student image-view
     with torch.no_grad():
-        tf = F.normalize(t_feat[t, i].float(), dim=-1)                 # (P, N, D)
-        sf = F.normalize(s_feat[s, j].float(), dim=-1)
-        best = (tf @ sf.transpose(1, 2)).argmax(-1)                     # (P, N): Eq. 4
-    b = s_logp.shape[1]
-    rows = ((s * b + j)[:, None] * n + best).reshape(-1)
-    s_rows = s_logp.reshape(-1, s_logp.shape[-1]).index_select(0, rows).view(*best.shape, -1)
-    ce = -(t_probs[t, i] * s_rows).sum(-1)                             # (P, N)
-    return (ce * t_weight[t, i]).sum(-1).mean()                         # Eq. 5, mean over pairs
+        tf, sf = t_feat.flatten(0, 1), s_feat.flatten(0, 1)             # (G*B, N, D)
+        best = torch.cat([                                               # (P, N): Eq. 4
+            (F.normalize(tf[rt].float(), dim=-1) @ F.normalize(sf[rs].float(), dim=-1)
+             .transpose(1, 2)).argmax(-1)
+            for rt, rs in zip(rows_t.split(chunk), rows_s.split(chunk))])
+        patches = torch.arange(n, device=best.device)
+        student_row = (rows_s[:, None] * n + best).reshape(-1)
+        teacher_row = (rows_t[:, None] * n + patches).reshape(-1)
+    n_rows = s_logp.shape[0] * b * n
+    weight = (t_weight.flatten(0, 1)[rows_t] / idx.shape[0]).reshape(-1)    # w_k / P
+    with torch.autocast(s_logp.device.type, enabled=False):              # sums stay in float32
+        a = torch.sparse_coo_tensor(torch.stack([student_row, teacher_row]), weight.to(t_probs.dtype),
+                                    (n_rows, t_probs.shape[0] * t_probs.shape[1] * n),
+                                    check_invariants=False)   # indices in range by construction
+        target = torch.sparse.mm(a, t_probs.reshape(-1, k))             # (G*B*N, K)
+        return -torch.dot(target.flatten(), s_logp.flatten())           # Eq. 5, mean over pairs
 
 
 def patch_loss_official(t_probs: Tensor, s_logp: Tensor, t_feat: Tensor, s_feat: Tensor,
