@@ -132,3 +132,25 @@ def test_from_preset_builds_the_hand_built_study():
     assert new.rows == tuple(Row(label, over, m2sd.paper_number(key, "fscil_cifar100"))
                              for label, key, over in m2sd.ROWS)
     assert "CEC Avg 59.53" in new.description and "resnet20" in new.description
+
+
+def test_a_row_with_its_own_length_is_finished_at_its_own_last_epoch():
+    """A row that sets train.epochs (the SMKD mini CE baseline: 6 vs the base's 2) is 'finished'
+    when it reports its own last epoch, not 'stopped' (which would drop it from the per-setting
+    table); a trial short of its length is 'stopped'."""
+    from types import SimpleNamespace
+
+    from kdray.runtime.tune import _trial_record
+    from kdray.study.spec import ROW_KEY, SEED_KEY
+
+    study = load_study("smkd_ablation").build("mini")
+    ce = study.rows[0]
+    assert ce.overrides["train.epochs"] == 6 and study.base.train.epochs == 2
+
+    def rec(label, epoch):
+        res = SimpleNamespace(metrics={"epoch": epoch}, config={ROW_KEY: label, SEED_KEY: 0},
+                              error=None)
+        return _trial_record(study, "grid", res, lambda t: 0, "t0")["status"]
+
+    assert rec(ce.label, 6) == "finished" and rec(ce.label, 2) == "stopped"
+    assert rec(study.rows[-1].label, 2) == "finished"
