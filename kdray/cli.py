@@ -182,8 +182,10 @@ def cmd_eval(args) -> int:
 def cmd_report(args) -> int:
     """`kdray report NAME [--preset P] [--url]`: the study's table (or its MLflow UI link) from an
     existing store; never creates one."""
+    from kdray.engine.preflight import check_locations
     from kdray.runtime.mlflow_store import open_store, resolve_study, study_table, study_url
 
+    check_locations(tracking_uri=args.tracking_uri, create=False)  # a server answers, quickly
     client = open_store(args.tracking_uri)
     name = resolve_study(client, args.study, args.preset)
     print(study_url(client, name) if args.url else study_table(name, client=client))

@@ -76,7 +76,7 @@ CASES = [
     ("eval-state-dict", ["eval", "--checkpoint", "{tmp}/state_dict.pt"], ["state_dict", "teacher_ckpt"]),
     ("eval-empty-dir", ["eval", "--checkpoint", "{tmp}/nodata"], ["--checkpoint", "checkpoint.pt"]),
     # kdray report
-    ("report-no-study", ["report", "nope", "--tracking-uri", "sqlite:///{tmp}/r.db"], ["nope"]),
+    ("report-no-store", ["report", "nope", "--tracking-uri", "sqlite:///{tmp}/r.db"], ["r.db", "no MLflow store"]),
     ("report-tracking-down", ["report", "x", "--tracking-uri", "http://127.0.0.1:9"], ["--tracking-uri"]),
     # kdray cluster validate
     ("cluster-missing", ["cluster", "validate", "{tmp}/none.yaml"], ["none.yaml"]),
