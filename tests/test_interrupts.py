@@ -124,8 +124,7 @@ def test_nan_trial_fails_once_with_its_error_in_mlflow_and_the_table(tmp_path, s
     study = Study([*_args(tmp_path, synth_root, ckpt), "--no-search"], tmp_path, "nan")
     rc = _finish(study, 600)
     assert rc == 0, study.output()[-4000:]
-    by_row = {r.data.tags["mlflow.runName"].split("-")[0]: r
-              for r in _trial_runs(tmp_path).values()}
+    by_row = {r.data.tags["kdray.row"]: r for r in _trial_runs(tmp_path).values()}
     assert set(by_row) == {"nan"}, sorted(by_row)
     bad = by_row["nan"]
     assert bad.info.status == "FAILED"
