@@ -303,7 +303,7 @@ def release_placement_groups(wait_s: float = 10.0) -> int:
                      if p.state != "REMOVED" and p.creator_job_id == job]
         except Exception as e:  # no State API (no dashboard): fall back to every group
             log.warning("placement groups: state API unavailable (%s)", e)
-            alive = [type("P", (), {"placement_group_id": k})() for k, v in
+            alive = [type("P", (), {"placement_group_id": k, "info": v})() for k, v in
                      placement_group_table().items() if v["state"] != "REMOVED"]
         left = len(alive)
         if not alive or time.time() > deadline:
@@ -315,6 +315,12 @@ def release_placement_groups(wait_s: float = 10.0) -> int:
             except Exception as e:
                 log.warning("placement group %s: %s", p.placement_group_id, e)
         time.sleep(1.0)
+    if left > 0:
+        for p in alive:
+            info = getattr(p, "info", None) or {}
+            log.warning("placement group %s left: state %s, name %r, strategy %s",
+                        p.placement_group_id, info.get("state"), info.get("name"),
+                        info.get("strategy"))
     print(f"[kdray] placement groups of this study: {left} left", file=sys.stderr, flush=True)
     return left
 
