@@ -16,13 +16,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from kdray.presets import method_space
+from kdray.presets import SHARED_DATA, method_space
 from kdray.search import Budget
-
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 SMOKE: dict[str, Any] = {
     "method": "cskd", "data.dataset": "cifar10", "data.root": str(SHARED_DATA),

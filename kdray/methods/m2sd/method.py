@@ -201,11 +201,12 @@ class M2SD(Method):
             terms["mix"] = sum(mixing.soft_target_ce(z, target) for z in logits[1:])
             if len(logits) == 3 and m.w_kl > 0:
                 terms["kl"] = symmetric_kl(logits[1], logits[2], m.kl_temp)
-        health, weights = {}, term_weights(m, terms)
+        health = {}
         if m.enhance:
             terms.update(self._sd_terms(out, logits[0], y))
             health = teacher_health(F.softmax(out.fe_logits.float() / m.kl_temp, dim=-1))
-            weights = term_weights(m, terms)
+        weights = term_weights(m, terms)
+        if m.enhance:
             ramp = distill_ramp(step, m.distill_warmup)
             weights.update({k: w * ramp for k, w in weights.items() if k in ("sd", "at")})
             health["distill_ramp"] = torch.tensor(ramp)
