@@ -260,3 +260,24 @@ def test_stage_reuses_a_finished_run_and_never_resumes_a_different_config(tmp_pa
     assert len(calls) == 2 and calls[0] != calls[1] and all(c.startswith("teacher-") for c in calls)
     assert (first.reused, again.reused, changed.reused) == (False, True, False)
     assert again.checkpoint == first.checkpoint != changed.checkpoint
+
+
+def test_release_placement_groups_removes_this_jobs_groups_only(ray_session):
+    """The Ctrl-C release finds this job's groups by the job id their ids end with (no State API)
+    and removes them, the created and the pending one; an id of another job is not listed."""
+    import ray
+    from ray.util import placement_group, placement_group_table
+
+    from kdray.runtime.interrupts import job_placement_groups, release_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    made = placement_group([{"CPU": 1}], strategy="PACK")
+    ray.get(made.ready(), timeout=60)
+    pending = placement_group([{"CPU": 64}], strategy="PACK")  # never fits: stays PENDING
+    ids = {made.id.hex(), pending.id.hex()}
+    assert ids <= set(job_placement_groups(job)), (ids, placement_group_table())
+    other = "ff" * 4 if job != "ff" * 4 else "fe" * 4
+    assert not job_placement_groups(other)
+    assert release_placement_groups(wait_s=10) == 0
+    table = placement_group_table()
+    assert all(table[k]["state"] == "REMOVED" for k in ids), {k: table[k]["state"] for k in ids}

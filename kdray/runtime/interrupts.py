@@ -285,44 +285,44 @@ def guarded_handler(guard: StudyGuard, tune_handler):
     return handler
 
 
+def job_placement_groups(job_hex: str) -> dict[str, dict]:
+    """The placement groups of Ray job `job_hex` (hex) that are not removed, by hex id. A
+    placement group's id ends with its creator's job id, so this needs no State API (no
+    dashboard) and never touches another job's groups on a shared cluster."""
+    from ray.util import placement_group_table
+
+    return {k: v for k, v in placement_group_table().items()
+            if k.endswith(job_hex) and v.get("state") != "REMOVED"}
+
+
 def release_placement_groups(wait_s: float = 10.0) -> int:
     """Remove the placement groups this job created that are still alive (a stopped trial's Train
-    controller dies without removing its workers' group; Ray's cleaner may not have run yet).
-    Returns how many are left afterwards (0 expected)."""
+    controller dies without removing its workers' group, and Ray Train's cleaner needs the State
+    API to notice). Removes, then re-checks until none is left or `wait_s` has passed; returns how
+    many are left (0 expected)."""
     import ray
-    from ray.util import placement_group_table, remove_placement_group
+    from ray.util import remove_placement_group
     from ray.util.placement_group import PlacementGroup
-    from ray.util.state import list_placement_groups
 
     job = ray.get_runtime_context().get_job_id()
     deadline = time.time() + wait_s
-    left = -1
     while True:
-        try:
-            alive = [p for p in list_placement_groups(detail=True, raise_on_missing_output=False)
-                     if p.state != "REMOVED" and p.creator_job_id == job]
-        except Exception as e:  # no State API (no dashboard): fall back to every group
-            log.warning("placement groups: state API unavailable (%s)", e)
-            alive = [type("P", (), {"placement_group_id": k, "info": v})() for k, v in
-                     placement_group_table().items() if v["state"] != "REMOVED"]
-        left = len(alive)
+        alive = job_placement_groups(job)
         if not alive or time.time() > deadline:
             break
-        for p in alive:
+        for k in alive:
             try:
-                remove_placement_group(PlacementGroup(ray.PlacementGroupID(
-                    bytes.fromhex(p.placement_group_id))))
-            except Exception as e:
-                log.warning("placement group %s: %s", p.placement_group_id, e)
-        time.sleep(1.0)
-    if left > 0:
-        for p in alive:
-            info = getattr(p, "info", None) or {}
-            log.warning("placement group %s left: state %s, name %r, strategy %s",
-                        p.placement_group_id, info.get("state"), info.get("name"),
-                        info.get("strategy"))
-    print(f"[kdray] placement groups of this study: {left} left", file=sys.stderr, flush=True)
-    return left
+                remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(k))))
+            except Exception as e:  # already gone, or a GCS hiccup: the next pass re-checks
+                log.warning("placement group %s: %s", k, e)
+        time.sleep(0.5)
+    for k, info in alive.items():
+        log.warning("placement group %s left: state %s, name %r, strategy %s, bundles %s",
+                    k, info.get("state"), info.get("name"), info.get("strategy"),
+                    info.get("bundles"))
+    print(f"[kdray] placement groups of this study: {len(alive)} left", file=sys.stderr,
+          flush=True)
+    return len(alive)
 
 
 # ---------------------------------------------------------------------------- closing records
