@@ -3,9 +3,14 @@ Spatial KD with local-only / global-only targets and the linear / x2 / cos fusio
 TPE search (ASHA) over w_cskd, w_distill and the schedule. Writes results/cskd_ablation_<preset>.md.
 
     python studies/cskd_ablation.py --preset smoke      # CIFAR-10, CNN teacher stage, CPU, minutes
+    python studies/cskd_ablation.py --preset mini       # CIFAR-10, 3 rows x 3 seeds, <1 h CPU
     python studies/cskd_ablation.py --preset imagenet   # DeiT-Ti + RegNetY-16GF (also imagenet_s/_b)
 """
 
+import os
+
+from kdray.data import num_train_classes
+from kdray.modules.teachers import write_card
 from kdray.presets import cskd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
@@ -14,22 +19,32 @@ from kdray.study import Study, split_note
 
 def build(preset: str) -> Study:
     return Study.from_preset(
-        "cskd_ablation", preset, method="cskd", overrides=P.PRESETS[preset], rows=P.ROWS,
-        paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
-        budget=P.BUDGET[preset], metric="top1", columns=(("top-1", "top1"), ("top-5", "top5")),
+        "cskd_ablation", preset, method="cskd", overrides=P.PRESETS[preset],
+        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)),
+        paper=lambda key, base: P.paper_number(key, preset),
+        space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",
+        columns=(("top-1", "top1"), ("top-5", "top5")),
         description=lambda base: "Cumulative Spatial KD (CNN teacher -> DeiT student): ablation "
-                    "ladder, then a TPE search. " + split_note(base) + " Paper column: "
-                    "ImageNet-1k top-1 (docs/methods/cskd.md §4.5).")
+                    + ("(DeiT, DeiT hard distillation, CSKD), no search. Rows on test."
+                       if preset == "mini" else "ladder, then a TPE search. " + split_note(base))
+                    + " Paper column: ImageNet-1k top-1 (docs/methods/cskd.md §4.5"
+                    + ("; mini: the DeiT-Ti cells, another dataset and scale, labelled IN-1k)."
+                       if preset == "mini" else ")."))
 
 
 def with_teacher(study: Study, args) -> Study:
-    """The smoke preset trains its CNN teacher first (once; reused on re-runs)."""
-    if args.preset != "smoke" or study.base.model.teacher_ckpt:
+    """The CPU presets (smoke, mini) train their CNN teacher first as a stage (once; reused on
+    re-runs) and register it with its measured top-1."""
+    if args.preset not in P.TEACHER or study.base.model.teacher_ckpt:
         return study
-    cfg = study.base.override({**P.SMOKE_TEACHER, "name": f"{study.name}-teacher"})
+    cfg = study.base.override({**P.TEACHER[args.preset], "name": f"{study.name}-teacher"})
     stage = study_stage(study, args, cfg, "teacher")
     acc = stage.metrics.get(cfg.eval.key("top1"), float("nan"))
-    print(f"[kdray] teacher {cfg.model.arch}: top-1 {acc:.2f}% ({stage.checkpoint})")
+    card = write_card(stage.checkpoint, arch=cfg.model.arch, dataset=cfg.data.dataset,
+                      num_classes=num_train_classes(cfg), top1=acc, eval_split=cfg.eval.split,
+                      registry=os.path.join(args.results_dir, "teachers.json"))
+    print(f"[kdray] teacher {cfg.model.arch}: top-1 {acc:.2f}% ({stage.checkpoint}, sha256 "
+          f"{card.sha256[:12]})")
     return study.starting_from("model.teacher_ckpt", stage.checkpoint,
                                f"Teacher {cfg.model.arch}: top-1 {acc:.2f}% (full {cfg.eval.split} "
                                "split).")
