@@ -197,3 +197,31 @@ def test_subprocess_exit_code_2_without_traceback(argv, tmp_path):
                          cwd=REPO, env=env)
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr and "error" in out.stderr
+
+
+@pytest.mark.parametrize(("dataset", "needles"), [
+    ("cifar100", ["cifar-100-python.tar.gz", "cifar-100-python/"]),
+    ("omniglot", ["images_background.zip", "images_evaluation.zip", "omniglot/"]),
+], ids=["cifar100", "omniglot"])
+def test_download_without_network_is_a_clear_error(dataset, needles, tmp_path, capsys,
+                                                   monkeypatch):
+    """`--download` where the network is unreachable (every request goes to a closed local port
+    through the proxy variables urllib honours): exit 2, the dataset, the folder, the URL to fetch
+    by hand and where to unpack it; no traceback, no Ray."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", _no_ray)
+    monkeypatch.setattr("kdray.runtime.session.ensure_ray", _no_ray)
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("KDRAY_DATA_PATH", raising=False)
+    root = tmp_path / "data"
+    code = main(["train", "--set", f"data.dataset={dataset}", "--set", f"data.root={root}",
+                 "--set", "eval.kind=none", "--download"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    for word in ["data.download", repr(dataset), str(root), "by hand", *needles]:
+        assert word in err, (word, err)

@@ -47,6 +47,31 @@ class DataNotFoundError(UserError, FileNotFoundError):
         return type(self), (self.dataset, self.looked_in, self.how)
 
 
+class DataDownloadError(UserError):
+    """A download of a dataset failed (no network, a proxy, a moved URL, a full disk)."""
+
+    def __init__(self, dataset: str, root: str, reason: str, how: str) -> None:
+        self.args_ = (dataset, root, reason, how)
+        super().__init__(f"data.download: downloading {dataset!r} into {root} failed ({reason}). "
+                         f"Without network access, get it by hand: {how}")
+
+    def __reduce__(self) -> tuple:
+        return type(self), self.args_
+
+
+def download(dataset: str, root: Path, how: str, fetch: Callable[[], None]) -> None:
+    """Run `fetch` (a torchvision download into `root`) under the folder's lock; any failure
+    becomes a DataDownloadError naming the dataset, the folder and how to get the files by hand."""
+    try:
+        with file_lock(root):
+            fetch()
+    except UserError:
+        raise
+    except Exception as e:  # URLError, HTTPError, socket timeouts, a corrupt or partial archive
+        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        raise DataDownloadError(dataset, str(root), reason.rstrip(": "), how) from e
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """How to find, build and normalise one dataset.

@@ -33,6 +33,7 @@ from kdray.data.base import (
     DataNotFoundError,
     cache_dir,
     data_roots,
+    download,
     file_lock,
     save_atomic,
     select_classes,
@@ -106,8 +107,10 @@ def _download(cfg: DataConfig, name: str) -> None:
     import torchvision.datasets as tvd
 
     root = Path(cfg.root).expanduser()
-    with file_lock(root):
-        getattr(tvd, ARCHIVES[name][4])(str(root), train=True, download=True)
+    folder, _, _, url, _ = ARCHIVES[name]
+    by_hand = f"fetch {url} where there is network access and unpack it into {root}/ (giving {root / folder}/)"
+    download(name, root, by_hand,
+             lambda: getattr(tvd, ARCHIVES[name][4])(str(root), train=True, download=True))
 
 
 def locate(cfg: DataConfig, name: str) -> tuple[str, Path]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from kdray.data.base import DataNotFoundError, ImageDataset, data_roots, file_lock
+from kdray.data.base import DataNotFoundError, ImageDataset, data_roots, download
 
 if TYPE_CHECKING:
     from kdray.config import DataConfig
@@ -96,9 +96,14 @@ def _download(cfg: DataConfig) -> None:
     from torchvision.datasets import Omniglot as TVOmniglot
 
     root = Path(cfg.root).expanduser()
-    with file_lock(root):
+
+    def fetch() -> None:
         for background in (True, False):
             TVOmniglot(str(root), background=background, download=True)
+
+    dest = root / "omniglot"
+    download("omniglot", root, f"fetch {_URL.format(SETS[0])} and {_URL.format(SETS[1])} where "
+             f"there is network access and unzip both into {dest}/", fetch)
 
 
 def locate(cfg: DataConfig, splits: Sequence[str] = ()) -> tuple[str, Path]:
