@@ -78,10 +78,33 @@ def cmd_train(args) -> int:
     if args.fresh and not (args.name or cfg.name != "run"):
         raise ConfigError("--fresh restarts a named run: pass --name too")
     res = fit(cfg, run_name=name, storage_path=args.storage_path,
-              tracking_uri=args.tracking_uri, address=args.address, fresh=args.fresh)
+              tracking_uri=args.tracking_uri, address=args.address, fresh=args.fresh,
+              raise_on_error=args.debug)
+    if res.error is not None:
+        return _training_failed(name, res.error)
     print(json.dumps({"run_name": name, "metrics": res.metrics, "mlflow_run_id": res.mlflow_run_id,
                       "checkpoint": res.checkpoint_path}, indent=2))
     return 0
+
+
+# what to try for a worker error, by the error's type name
+_HINTS = {"NonFiniteLossError": "lower optim.lr, check train.init_from and the data, or keep "
+                                "train.amp off",
+          "OutOfMemoryError": "lower data.batch_size or use more workers"}
+
+
+def _training_failed(name: str, error: BaseException) -> int:
+    """A run whose training failed (Ray Train's error wraps the worker's): one paragraph with
+    the worker's error and where its record is; exit 1 (`--debug` shows the traceback)."""
+    from kdray.runtime.interrupts import reason
+
+    why = reason(error)
+    hint = next((h for k, h in _HINTS.items() if why.startswith(k)), "")
+    print(f"error: run {name!r} failed: {why}\n"
+          f"Its MLflow run is marked FAILED, with the full traceback as error.txt and the reason "
+          f"as tag kdray.error; --debug shows the traceback here."
+          + (f"\nTo fix: {hint}." if hint else ""), file=sys.stderr)
+    return 1
 
 
 def studies_dir() -> str:

@@ -129,3 +129,26 @@ def test_experiments_open_in_the_training_layout(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     exp = client.get_experiment(get_or_create_experiment(client, "x"))
     assert exp.tags[TAG_EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_train_that_fails_in_its_worker_is_one_paragraph_and_exit_1(capsys, monkeypatch):
+    """A worker error reaches `kdray train` wrapped by Ray Train: the CLI prints the worker's error
+    type and message, where the record is and what to try; exit 1, no traceback."""
+    from kdray.runtime import driver
+    from kdray.runtime.interrupts import DeterministicError
+
+    wrapped = RuntimeError("Training failed due to worker errors")  # as Train's WorkerGroupError
+    wrapped.worker_failures = {0: DeterministicError(
+        "NonFiniteLossError", "non-finite loss at epoch 0, step 2: {'loss': nan}", "Traceback ...")}
+    seen = {}
+
+    def fake_fit(cfg, **kw):
+        seen.update(kw)
+        return driver.RunResult({}, [], None, None, error=wrapped)
+
+    monkeypatch.setattr(driver, "fit", fake_fit)
+    assert main(["train", "--name", "nanrun"]) == 1
+    err = capsys.readouterr().err
+    assert seen["raise_on_error"] is False
+    assert "error: run 'nanrun' failed: NonFiniteLossError: non-finite loss at epoch 0" in err, err
+    assert "error.txt" in err and "optim.lr" in err and "Traceback" not in err
