@@ -132,3 +132,23 @@ def test_quiet_console_keeps_ray_output_in_its_log(tmp_path):
     text = log.read_text()
     for s in ("Tune status table", "(RayTrainWorker pid=1)", "PreemptionWatcher", "ray warning"):
         assert s in text
+
+
+def test_stage_epochs_reach_the_terminal_once_per_epoch(tmp_path):
+    """While a stage trains, its workers' forwarded epoch lines (Ray's coloured prefix, every rank)
+    become one line per epoch on the terminal; outside a stage they stay in the log only."""
+    from kdray.runtime.console import StudyConsole, stage_lines
+
+    line = ("\x1b[36m(RayTrainWorker pid={})\x1b[0m epoch {}/4 train/ce=1.245 train/loss=1.245 "
+            "train/lr=0.001007 test/top1=61.25 perf/epoch_s=143.1 perf/step_s=0.3816")
+    term = io.StringIO()
+    with StudyConsole(_study(), str(tmp_path / "console.log"), stream=term):
+        print(line.format(7, 1))  # before the stage: log only
+        with stage_lines("teacher"):
+            print(line.format(7, 2))
+            print(line.format(8, 2))  # rank 1's copy of the same epoch
+            sys.stderr.write(line.format(8, 3) + "\n")
+        print(line.format(7, 4))
+    assert term.getvalue().splitlines() == [
+        "stage  teacher  epoch 2/4  loss 1.245  test/top1 61.25  143 s/epoch",
+        "stage  teacher  epoch 3/4  loss 1.245  test/top1 61.25  143 s/epoch"]

@@ -17,11 +17,14 @@ it runs in the driver, not in the workers, so nothing is lost to Ray's log forwa
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import re
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from kdray.study.progress import Progress
@@ -50,6 +53,47 @@ def active() -> StudyConsole | None:
     return _active
 
 
+_RAY_PREFIX = re.compile(r"^(?:\x1b\[[0-9;]*m)?\([^)]*\)(?:\x1b\[[0-9;]*m)?\s*")
+_EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) (.*)$")
+
+
+class _StageEcho:
+    """While a stage trains (no Tune loop, so no Progress callback): its workers' forwarded
+    `epoch i/n k=v ...` log lines become one terminal line per epoch (the first rank's)."""
+
+    def __init__(self, label: str) -> None:
+        self.label, self.seen = label, set()
+
+    def line(self, raw: str) -> str | None:
+        m = _EPOCH_LINE.match(_RAY_PREFIX.sub("", raw).strip())
+        if m is None or m.group(1) in self.seen:
+            return None
+        self.seen.add(m.group(1))
+        kv = dict(p.split("=", 1) for p in m.group(3).split() if "=" in p)
+        parts = [f"epoch {m.group(1)}/{m.group(2)}"]
+        if "train/loss" in kv:
+            parts.append(f"loss {kv['train/loss']}")
+        parts += [f"{k} {v}" for k, v in kv.items() if k.startswith(("test/", "val/"))
+                  and "_ci" not in k and "/n_" not in k][:4]
+        if "perf/epoch_s" in kv:
+            parts.append(f"{float(kv['perf/epoch_s']):.0f} s/epoch")
+        return f"stage  {self.label}  " + "  ".join(parts)
+
+
+_stage_echo: _StageEcho | None = None
+
+
+@contextlib.contextmanager
+def stage_lines(label: str) -> Iterator[None]:
+    """Show a stage's epochs on the study's terminal while it trains (see `_StageEcho`)."""
+    global _stage_echo
+    _stage_echo = _StageEcho(label)
+    try:
+        yield
+    finally:
+        _stage_echo = None
+
+
 class _Split(io.TextIOBase):
     """sys.stdout/sys.stderr during a quiet study: everything to the log file; whole lines
     starting with `[kdray]` to the terminal as well."""
@@ -68,6 +112,8 @@ class _Split(io.TextIOBase):
             for line in lines:
                 if line.startswith("[kdray]"):
                     self.term.write(line + "\n")
+                elif _stage_echo is not None and (shown := _stage_echo.line(line)):
+                    self.term.write(shown + "\n")
         return len(s)
 
     def flush(self) -> None:

@@ -225,13 +225,15 @@ def run_stage(cfg: ExperimentConfig, name: str, *, storage_path: str | None = No
     run_name = f"{name}-{config_hash(cfg)}"
     print(f"[kdray] stage {name}: training {cfg.method} {cfg.model.arch} on {cfg.data.dataset} "
           f"for {cfg.train.epochs} epochs ({run_name})")
+    from kdray.runtime.console import stage_lines
     from kdray.study.progress import run_name as display_name
     from kdray.study.progress import run_tags
 
-    res = fit(cfg, run_name=run_name, storage_path=storage_path, tracking_uri=tracking_uri,
-              experiment=experiment, address=address, parent_run_id=parent_run_id,
-              mlflow_name=display_name("stage", {"name": label or name}),
-              tags=run_tags("stage", {"row": f"stage · {label or name}"}, cfg))
+    with stage_lines(label or name):
+        res = fit(cfg, run_name=run_name, storage_path=storage_path, tracking_uri=tracking_uri,
+                  experiment=experiment, address=address, parent_run_id=parent_run_id,
+                  mlflow_name=display_name("stage", {"name": label or name}),
+                  tags=run_tags("stage", {"row": f"stage · {label or name}"}, cfg))
     ckpt = os.path.join(res.checkpoint_path, CKPT_NAME)
     os.makedirs(os.path.dirname(record), exist_ok=True)
     with open(record, "w") as f:
