@@ -152,3 +152,18 @@ def test_stage_epochs_reach_the_terminal_once_per_epoch(tmp_path):
     assert term.getvalue().splitlines() == [
         "stage  teacher  epoch 2/4  loss 1.245  test/top1 61.25  143 s/epoch",
         "stage  teacher  epoch 3/4  loss 1.245  test/top1 61.25  143 s/epoch"]
+
+
+def test_a_row_with_its_own_length_shows_its_own_epoch_total():
+    """A row overriding train.epochs (e.g. SMKD mini's CE row) counts to its own length, and is
+    not called stopped when it ends at it; the other rows keep the base length."""
+    base = ExperimentConfig(method="ce").override({"train.epochs": 2})
+    study = Study(name="len", base=base, metric="acc_5w1s",
+                  rows=(Row("short"), Row("long", {"train.epochs": 6})))
+    p = Progress(study, clock=Clock())
+    long_ = {"row": "long", "seed": 0}
+    assert "epoch 6/6" in p.result("t1", "grid", "long · s0", {"epoch": 6}, long_)[0]
+    assert not any("stopped" in x for x in p.complete("t1", "grid", "long · s0", params=long_))
+    assert "epoch 1/2" in p.result("t2", "grid", "short · s0", {"epoch": 1},
+                                   {"row": "short", "seed": 0})[0]
+    assert "stopped at epoch 1/2" in p.complete("t2", "grid", "short · s0")[0]

@@ -23,24 +23,26 @@ class ConsoleCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         c = self.active()
         if c is not None:
-            c.progress.start(trial.trial_id, self.phase, self._name(trial))
+            c.progress.start(trial.trial_id, self.phase, self._name(trial), trial.config)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         c = self.active()
         if c is not None:
-            c.lines(c.progress.result(trial.trial_id, self.phase, self._name(trial), result))
+            c.lines(c.progress.result(trial.trial_id, self.phase, self._name(trial), result,
+                                      trial.config))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         c = self.active()
         if c is not None:
-            c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial)))
+            c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial),
+                                        params=trial.config))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         c = self.active()
         if c is None:
             return
         c.lines(c.progress.complete(trial.trial_id, self.phase, self._name(trial),
-                                    error=_error_line(trial)))
+                                    error=_error_line(trial), params=trial.config))
 
     def on_step_end(self, iteration, trials, **info):
         c = self.active()

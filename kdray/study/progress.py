@@ -60,6 +60,7 @@ class _Trial:
     done: bool = False
     first: float | None = None  # start to first report: start-up + first epoch
     epoch_times: list[float] = field(default_factory=list)
+    epochs: int = 0  # the trial's own length (a row may set its own train.epochs)
 
 
 class Progress:
@@ -88,16 +89,28 @@ class Progress:
         how = "reused" if reused else f"trained in {duration(self.clock() - self.t0)}"
         return self._out([f"[kdray] stage {name} ✓ ({how}){': ' + summary if summary else ''}"])
 
-    def start(self, key: str, phase: str, name: str) -> list[str]:
+    def _epochs(self, params: Mapping[str, Any] | None) -> int:
+        """The length of the trial with Tune config `params` (the base's when unknown)."""
+        if params:
+            try:
+                return int(self.study.trial_config(dict(params)).train.epochs)
+            except Exception:  # noqa: S110 - a config Tune added keys to: the base length
+                pass
+        return self.epochs
+
+    def start(self, key: str, phase: str, name: str,
+              params: Mapping[str, Any] | None = None) -> list[str]:
         now = self.clock()
-        self.trials.setdefault(key, _Trial(name, phase, now, now))
+        if key not in self.trials:
+            self.trials[key] = _Trial(name, phase, now, now, epochs=self._epochs(params))
         self.peak = max(self.peak, sum(not t.done for t in self.trials.values()))
         return []
 
-    def result(self, key: str, phase: str, name: str, metrics: Mapping[str, Any]) -> list[str]:
+    def result(self, key: str, phase: str, name: str, metrics: Mapping[str, Any],
+               params: Mapping[str, Any] | None = None) -> list[str]:
         """One trial epoch: `grid  + supervised [CLS] (Eq. 3) · s0  epoch 1/2  loss 5.41
         test/acc_5w1s 33.77 ± 1.26  12.3 s/epoch`."""
-        self.start(key, phase, name)
+        self.start(key, phase, name, params)
         t, now = self.trials[key], self.clock()
         epoch = int(metrics.get("epoch", t.epoch + 1))
         took = (now - t.last) / max(1, epoch - t.epoch)
@@ -120,19 +133,20 @@ class Progress:
         loss = metrics.get("train/loss")
         loss_s = f"loss {float(loss):.4g}" if _finite(loss) else "loss –"
         pace = f"{took:.1f} s incl. start-up" if started else f"{took:.1f} s/epoch"
-        return self._out([f"{_prefix(phase, name)}{name}  epoch {epoch}/{self.epochs}  {loss_s}  "
+        return self._out([f"{_prefix(phase, name)}{name}  epoch {epoch}/{t.epochs}  {loss_s}  "
                           f"{score}  {pace}"])
 
-    def complete(self, key: str, phase: str, name: str, error: str | None = None) -> list[str]:
-        self.start(key, phase, name)
+    def complete(self, key: str, phase: str, name: str, error: str | None = None,
+                 params: Mapping[str, Any] | None = None) -> list[str]:
+        self.start(key, phase, name, params)
         t = self.trials[key]
         t.done = True
         lines = []
         if error:
             lines.append(f"{_prefix(phase, name)}{name}  ✗ failed: "
                          f"{error.strip().splitlines()[-1][:160]}")
-        elif t.epoch < self.epochs:
-            lines.append(f"{_prefix(phase, name)}{name}  stopped at epoch {t.epoch}/{self.epochs}"
+        elif t.epoch < t.epochs:
+            lines.append(f"{_prefix(phase, name)}{name}  stopped at epoch {t.epoch}/{t.epochs}"
                          " (ASHA)")
         return self._out(lines + [self.study_line()])
 
@@ -183,8 +197,8 @@ class Progress:
         left = 0.0
         for t in self.trials.values():
             if not t.done:
-                left += (first + (self.epochs - 1) * per_epoch if t.first is None
-                         else (self.epochs - t.epoch) * per_epoch)
+                left += (first + (t.epochs - 1) * per_epoch if t.first is None
+                         else (t.epochs - t.epoch) * per_epoch)
         for phase in PHASES:
             seen = sum(t.phase == phase for t in self.trials.values())
             left += max(0, self.total[phase] - seen) * (first + (self.epochs - 1) * per_epoch)
