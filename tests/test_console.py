@@ -167,3 +167,12 @@ def test_a_row_with_its_own_length_shows_its_own_epoch_total():
     assert "epoch 1/2" in p.result("t2", "grid", "short · s0", {"epoch": 1},
                                    {"row": "short", "seed": 0})[0]
     assert "stopped at epoch 1/2" in p.complete("t2", "grid", "short · s0")[0]
+
+
+def test_a_phase_restored_after_it_ended_counts_as_done():
+    """`--resume` restores a grid that was already over: Tune sends no event, the study line
+    still counts its trials done (it said `grid 0/2` before)."""
+    p = Progress(_study(), clock=Clock())
+    lines = p.settle("grid", [("g0", "phase 1 only · s0"), ("g1", "+ supervised · s0")])
+    assert lines and "grid 2/2" in lines[0] and "running 0" in lines[0], lines
+    assert p.settle("grid", [("g0", "phase 1 only · s0")]) == []  # nothing new: no line

@@ -108,6 +108,11 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
            for i, res in enumerate(grid)]
     if guard is not None and guard.interrupted:
         guard.mark_records(out)
+    from kdray.runtime import console
+
+    if (shown := console.active()) is not None:  # a restored phase that was already over
+        shown.lines(shown.progress.settle(phase, [(r["trial_id"], r["name"]) for r in out
+                                                  if r["status"] != "interrupted"]))
     if scheduler:  # per-epoch metric, for the search report's ASHA rung table
         from kdray.runtime.search_report import epoch_history
 

@@ -150,6 +150,17 @@ class Progress:
                          " (ASHA)")
         return self._out(lines + [self.study_line()])
 
+    def settle(self, phase: str, trials: list[tuple[str, str]]) -> list[str]:
+        """After a phase: its ended trials (id, name) that sent no event — a phase restored by
+        `--resume` after it was over — count as done; a study line when there were any."""
+        now, new = self.clock(), 0
+        for key, name in trials:
+            if key not in self.trials:
+                self.trials[key] = _Trial(name, phase, now, now, done=True, epochs=self.epochs)
+                new += 1
+            self.trials[key].done = True
+        return self._out([self.study_line()]) if new else []
+
     def tick(self) -> list[str]:
         """A study line when nothing was printed for `every` seconds; when only the clock moved
         since the last study line, every 4 x `every` seconds."""
