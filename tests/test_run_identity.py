@@ -21,22 +21,26 @@ def test_unnamed_runs_get_distinct_names() -> None:
     assert len(names) == 3 and all(n.startswith("run-") for n in names)
 
 
-def test_a_name_resumes_only_its_own_config(tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_uri", [False, True], ids=["folder", "uri"])
+def test_a_name_resumes_only_its_own_config(tmp_path: Path, as_uri: bool) -> None:
+    """Local storage, and storage given as a URI (file:// here; s3:// and gs:// go through the
+    same pyarrow filesystem calls)."""
     cfg = ExperimentConfig()
-    first = claim_run(cfg, str(tmp_path), "exp")
+    where = f"file://{tmp_path}" if as_uri else str(tmp_path)
+    first = claim_run(cfg, where, "exp")
     assert (tmp_path / "exp" / RUN_RECORD).is_file()
-    assert claim_run(cfg, str(tmp_path), "exp") == first  # same config: resume, same MLflow key
+    assert claim_run(cfg, where, "exp") == first  # same config: resume, same MLflow key
     other = cfg.override({"optim.lr": 0.05})
     with pytest.raises(ConfigError, match=r"another config.*optim\.lr.*--fresh"):
-        claim_run(other, str(tmp_path), "exp")
+        claim_run(other, where, "exp")
     (tmp_path / "exp" / "checkpoint_000000").mkdir()
-    fresh = claim_run(other, str(tmp_path), "exp", fresh=True)
+    fresh = claim_run(other, where, "exp", fresh=True)
     assert not (tmp_path / "exp" / "checkpoint_000000").exists()
-    assert claim_run(other, str(tmp_path), "exp") == fresh
+    assert claim_run(other, where, "exp") == fresh
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "checkpoint_000000").mkdir()
     with pytest.raises(ConfigError, match="without a kdray record"):
-        claim_run(cfg, str(tmp_path), "old")
+        claim_run(cfg, where, "old")
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

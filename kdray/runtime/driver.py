@@ -143,26 +143,35 @@ def config_hash(cfg: ExperimentConfig) -> str:
 
 def claim_run(cfg: ExperimentConfig, storage_path: str, run_name: str, *,
               fresh: bool = False) -> str:
-    """The identity of run `run_name` in local `storage_path`: the Ray run folder and the MLflow
-    run are keyed by the name, so a name resumes only its own config. A new name (or `fresh`,
-    which deletes the old folder) records the config in `<run folder>/kdray_run.json` and gets a
-    new identity (a new MLflow run); the same name with the same config resumes; the same name
-    with another config is refused. Remote storage (s3://) is not checked ("" returned)."""
-    import shutil
+    """The identity of run `run_name` in `storage_path` (a folder, or a URI Ray's storage takes:
+    s3://, gs://, file://): the Ray run folder and the MLflow run are keyed by the name, so a
+    name resumes only its own config. A new name (or `fresh`, which deletes the old folder)
+    records the config in `<run folder>/kdray_run.json` and gets a new identity (a new MLflow
+    run); the same name with the same config resumes; the same name with another config is
+    refused."""
     import time
+
+    from pyarrow import fs as pafs
 
     from kdray.checks import ConfigError
 
     if "://" in storage_path:
-        return ""
-    folder = os.path.join(storage_path, run_name)
-    record = os.path.join(folder, RUN_RECORD)
-    if fresh and os.path.isdir(folder):
-        log.info("--fresh: removing %s", folder)
-        shutil.rmtree(folder)
-    if os.path.isfile(record):
-        with open(record) as f:
-            rec = json.load(f)
+        filesystem, base = pafs.FileSystem.from_uri(storage_path)
+    else:
+        filesystem, base = pafs.LocalFileSystem(), os.path.abspath(storage_path)
+    folder = f"{base.rstrip('/')}/{run_name}"
+    shown = f"{storage_path.rstrip('/')}/{run_name}"
+    record = f"{folder}/{RUN_RECORD}"
+
+    def kind(path: str):
+        return filesystem.get_file_info(path).type
+
+    if fresh and kind(folder) == pafs.FileType.Directory:
+        log.info("--fresh: removing %s", shown)
+        filesystem.delete_dir(folder)
+    if kind(record) == pafs.FileType.File:
+        with filesystem.open_input_stream(record) as f:
+            rec = json.loads(f.read().decode())
         if rec.get("config") == cfg.to_dict():
             return str(rec.get("identity", ""))
         old = ExperimentConfig.from_dict(rec["config"]).flatten() if rec.get("config") else {}
@@ -171,15 +180,16 @@ def claim_run(cfg: ExperimentConfig, storage_path: str, run_name: str, *,
         raise ConfigError(
             f"run name {run_name!r} already exists in {storage_path} with another config "
             f"(differs in {diff[:6]}{' ...' if len(diff) > 6 else ''}); a name resumes only its "
-            f"own config. Start fresh with another --name, or --fresh (deletes {folder})")
-    if os.path.isdir(folder) and os.listdir(folder) and not fresh:
-        raise ConfigError(f"run name {run_name!r}: {folder} holds a run without a kdray record "
+            f"own config. Start fresh with another --name, or --fresh (deletes {shown})")
+    if kind(folder) == pafs.FileType.Directory and filesystem.get_file_info(
+            pafs.FileSelector(folder)) and not fresh:
+        raise ConfigError(f"run name {run_name!r}: {shown} holds a run without a kdray record "
                           "(made by an older kdray?); pass another --name, or --fresh to delete it")
     identity = f"{time.strftime('%Y%m%d-%H%M%S')}-{config_hash(cfg)}"
-    os.makedirs(folder, exist_ok=True)
-    with open(record, "w") as f:
-        json.dump({"run_name": run_name, "identity": identity, "config": cfg.to_dict()}, f,
-                  indent=2)
+    filesystem.create_dir(folder, recursive=True)
+    with filesystem.open_output_stream(record) as f:
+        f.write(json.dumps({"run_name": run_name, "identity": identity,
+                            "config": cfg.to_dict()}, indent=2).encode())
     return identity
 
 
