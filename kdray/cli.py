@@ -298,7 +298,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     cmd = {"train": cmd_train, "eval": cmd_eval, "report": cmd_report,
            "ledger": cmd_ledger, "cluster": cmd_cluster}[args.cmd]
-    return user_error_exit(lambda: cmd(args), args.debug)
+    try:
+        return user_error_exit(lambda: cmd(args), args.debug)
+    except KeyboardInterrupt as e:  # RunInterrupted: `kdray train` stopped by Ctrl-C, record closed
+        from kdray.runtime.interrupts import INTERRUPTED_EXIT
+
+        print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """A tiny searched study for test_interrupts.py (a subprocess, so it can be interrupted or
 killed): argv[1] the data root, argv[2] a checkpoint whose weights are NaN (the study is then
-one row `nan` that starts from it, so its first loss is not finite) or "-" (rows a, b, c)."""
+one row `nan` that starts from it, so its first loss is not finite) or "-" (rows a, b, c).
+With KDRAY_TEST_STAGE=1 the study first trains a long stage `teach` (to be interrupted)."""
 
+import os
 import sys
 
 from kdray.config import ExperimentConfig
 from kdray.runtime.cli_study import main
+from kdray.runtime.driver import study_stage
 from kdray.search import Float
 from kdray.study import Row, Study
 
@@ -27,5 +30,11 @@ def build(preset: str) -> Study:
                  columns=(("5w1s", "acc_5w1s"),))
 
 
+def teach(study: Study, args) -> Study:
+    study_stage(study, args, study.base.override({"train.epochs": 40, "name": "teach"}), "teach")
+    return study
+
+
 if __name__ == "__main__":
-    main(build, "interrupt test study", ["smoke"])
+    main(build, "interrupt test study", ["smoke"],
+         before=teach if os.environ.get("KDRAY_TEST_STAGE") else None)

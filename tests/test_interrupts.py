@@ -32,9 +32,9 @@ class Study:
     """One study subprocess in its own session, output to a file; `stop()` ends what is left of
     that session's processes (by PID, after checking they belong to it)."""
 
-    def __init__(self, args: list[str], tmp: Path, tag: str) -> None:
+    def __init__(self, args: list[str], tmp: Path, tag: str, env: dict | None = None) -> None:
         self.log = tmp / f"{tag}.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(args, cwd=tmp, env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
@@ -291,3 +291,28 @@ def test_results_table_numbers_errors_and_explains_statuses(tmp_path):
     assert "| error [1] |" in text and "| interrupted |" in text
     assert "1. B, seed 0: NonFiniteLossError: nan" in text
     assert "interrupted: stopped by Ctrl-C" in text
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_stage_stops_the_study_with_final_records(tmp_path, synth_root):
+    """Ctrl-C while the study's first stage trains (its epochs shown on the terminal): the stage's
+    workers stop, its MLflow run is KILLED and tagged interrupted, the parent too, no trial
+    starts, exit 130 with one line saying so; no traceback."""
+    study = Study(_args(tmp_path, synth_root), tmp_path, "stage", {"KDRAY_TEST_STAGE": "1"})
+    _wait(study, lambda: "stage  teach  epoch 2/40" in study.output(), 400, "stage epoch line")
+    os.killpg(study.proc.pid, signal.SIGINT)
+    rc = _finish(study, 180)
+    out = study.output()
+    assert rc == 130, out[-4000:]
+    assert "Ctrl-C: stopping this training run" in out, out[-4000:]
+    assert "interrupted: study interrupted in its stage 'teach' phase" in out, out[-4000:]
+    assert "Traceback" not in out, out[-4000:]
+    runs = _runs(tmp_path)
+    assert not [r for r in runs if r.info.status == "RUNNING"], \
+        [(r.data.tags.get("mlflow.runName"), r.info.status) for r in runs]
+    parent = next(r for r in runs if r.data.tags.get("kdray.role") == "study")
+    assert parent.info.status == "KILLED" and parent.data.tags["kdray.status"] == "interrupted"
+    stage = [r for r in runs if r.data.tags.get("kdray.phase") == "stage"]
+    assert len(stage) == 1 and stage[0].info.status == "KILLED", stage
+    assert stage[0].data.tags["kdray.status"] == "interrupted"
+    assert not _trial_runs(tmp_path)

@@ -8,6 +8,8 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -120,12 +122,28 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     ensure_ray(address)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
                            epoch_hooks=epoch_hooks)
+    from kdray.runtime import interrupts as I
+
+    I.train_interrupted(reset=True)
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    error: Exception | None = None
     try:
         result = trainer.fit()
     except Exception as e:  # TrainingFailedError: the run's MLflow record is already marked
+        error = e
+    finally:
+        if main_thread:  # Ray Train leaves its SIGINT handler installed
+            signal.signal(signal.SIGINT, handler)
+    if I.train_interrupted():  # Ctrl-C: the workers were stopped; the record says so
+        closed = I.close_interrupted_run(client, exp_id, tracking["run_key"])
+        raise I.RunInterrupted(f"run {run_name!r} stopped by Ctrl-C (MLflow run "
+                               f"{', '.join(closed) or 'not started'} marked interrupted); "
+                               "the same command continues it from its last checkpoint")
+    if error is not None:
         if raise_on_error:
-            raise
-        return RunResult({}, [], None, None, error=e)
+            raise error
+        return RunResult({}, [], None, None, error=error)
     ret = result.return_value or {}
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
     return RunResult(ret.get("metrics", {}), ret.get("history", []), ret.get("mlflow_run_id"), ckpt,
@@ -270,12 +288,18 @@ def study_stage(study: Study, args: Any, cfg: ExperimentConfig, suffix: str) -> 
     run is nested under the study's run (opened here; run_study finds it again)."""
     import mlflow
 
+    from kdray.runtime import interrupts as I
     from kdray.runtime.mlflow_store import default_tracking_uri, get_or_create_experiment
     from kdray.runtime.tracking import start_study_run
 
     uri = args.tracking_uri or default_tracking_uri()
-    exp_id = get_or_create_experiment(mlflow.MlflowClient(uri), study.name)
+    client = mlflow.MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, study.name)
     parent = start_study_run(uri, exp_id, study.name, resume=getattr(args, "resume", False))
-    return run_stage(study.stage_config(cfg), f"{study.name}-{suffix}", storage_path=args.storage_path,
-                     tracking_uri=uri, experiment=study.name, address=args.address,
-                     parent_run_id=parent, label=suffix)
+    try:
+        return run_stage(study.stage_config(cfg), f"{study.name}-{suffix}",
+                         storage_path=args.storage_path, tracking_uri=uri, experiment=study.name,
+                         address=args.address, parent_run_id=parent, label=suffix)
+    except I.RunInterrupted as e:  # Ctrl-C in the stage: the study ends here, records final
+        I.end_parent(client, parent, interrupted=True)
+        raise I.StudyInterrupted(f"stage {suffix!r}", None) from e

@@ -198,7 +198,59 @@ def trainer_class():
             kwargs["failure_policy"] = policy(self.run_config.failure_config)
             return super()._initialize_and_run_controller(**kwargs)
 
+        def _register_sigint_handler(self, controller):
+            signal.signal(signal.SIGINT, _train_sigint_handler(controller))
+
     return Trainer
+
+
+# ---------------------------------------------------------------------------- Ctrl-C on one run
+_TRAIN_SIGINT = threading.Event()  # set by the first Ctrl-C during a main-thread Train run
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Raised by `kdray.runtime.driver.fit` after Ctrl-C stopped its run and closed its record."""
+
+
+def _train_sigint_handler(controller):
+    """A main-thread Train run's SIGINT handler (a study's stage, `kdray train`; Tune trials run
+    in threads and never get one): the first Ctrl-C aborts the run's controller, which stops the
+    workers and keeps the last checkpoint, so the same command resumes it; a second exits now."""
+
+    def handler(signum, frame):
+        if _TRAIN_SIGINT.is_set():
+            _exit_now()
+        _TRAIN_SIGINT.set()
+        print("\n[kdray] Ctrl-C: stopping this training run; its last checkpoint is kept and "
+              "the same command continues it. Press Ctrl-C again to exit at once.",
+              file=sys.stderr, flush=True)
+        import ray
+
+        try:
+            ray.get(controller.abort.remote())
+        except Exception as e:  # the controller already gone: the run has stopped anyway
+            log.info("abort: %s", e)
+
+    return handler
+
+
+def train_interrupted(reset: bool = False) -> bool:
+    """Did Ctrl-C stop the last main-thread Train run? `reset`: clear it (before a run)."""
+    was = _TRAIN_SIGINT.is_set()
+    if reset:
+        _TRAIN_SIGINT.clear()
+    return was
+
+
+def close_interrupted_run(client, experiment_id: str, run_key: str) -> list[str]:
+    """End the MLflow runs with tag `kdray.run_key` = `run_key` still RUNNING as KILLED, tagged
+    `kdray.status=interrupted`; returns their ids."""
+    runs = client.search_runs([experiment_id], filter_string=(
+        f"tags.`kdray.run_key` = '{run_key}' and attributes.status = 'RUNNING'"))
+    for r in runs:
+        client.set_tag(r.info.run_id, TAG_STATUS, "interrupted")
+        client.set_terminated(r.info.run_id, "KILLED")
+    return [r.info.run_id for r in runs]
 
 
 # ---------------------------------------------------------------------------- Ctrl-C on a study
@@ -378,7 +430,8 @@ def end_parent(client, parent: str, interrupted: bool) -> None:
 class StudyInterrupted(KeyboardInterrupt):
     """Raised by `run_study` after an interrupted study's records were finalised."""
 
-    def __init__(self, phase: str | None, results_path: str) -> None:
+    def __init__(self, phase: str | None, results_path: str | None) -> None:
+        table = f"table at {results_path}" if results_path else "no table yet"
         super().__init__(f"study interrupted{f' in its {phase} phase' if phase else ''}; "
-                         f"records final, table at {results_path}; continue with --resume")
+                         f"records final, {table}; continue with --resume")
         self.phase, self.results_path = phase, results_path

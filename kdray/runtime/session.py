@@ -47,8 +47,8 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
         # IP is loopback; a local run does not need it (docs/runtime.md §P13). Set
         # RAY_enable_metrics_collection=1 to keep it.
         os.environ.setdefault("RAY_enable_metrics_collection", "0")
-        _pin_local_address()
         for attempt in range(2):
+            _pin_local_address()  # a fresh port each try: a half-started GCS may hold the last
             try:
                 ray.init(address="local", include_dashboard=None, dashboard_host="127.0.0.1",
                          configure_logging=True, logging_level=logging.WARNING, **init_kwargs)
