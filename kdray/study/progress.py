@@ -191,8 +191,9 @@ class Progress:
         eta = self.eta()
         parts.append(f"ETA ~{duration(eta)}" if eta is not None else "ETA –")
         best = self.best_val
-        parts.append(f"best {self.study.select_key} {best[0]:.2f} ({best[1]})" if best
-                     else f"best {self.study.select_key} –")
+        if self.total["search"]:  # a study without a search has no val-selected best
+            parts.append(f"best {self.study.select_key} {best[0]:.2f} ({best[1]})" if best
+                         else f"best {self.study.select_key} –")
         return "study  " + " · ".join(parts)
 
     def eta(self) -> float | None:
