@@ -158,10 +158,16 @@ def test_eval_plots_and_environment(store, tmp_path: Path) -> None:
                                    tmp_path / "c").read_text())
     assert summary == json.loads(json.dumps(written))
     g1, g5 = summary["groups"]["5w1s_proto"], summary["groups"]["5w5s_proto"]
-    # [0.5, 0.7, 0.9, 0.7]: mean 0.7, population std sqrt(0.02), CI = 1.96 * std / sqrt(4)
-    assert g1["mean"] == pytest.approx(0.7) and g1["n"] == 4
-    assert g1["ci95"] == pytest.approx(0.98 * math.sqrt(0.02))
-    assert (g5["mean"], g5["ci95"], g5["n"]) == (pytest.approx(0.8), pytest.approx(0.0), 3)
+    # [0.5, 0.7, 0.9, 0.7]: mean 70%, population std sqrt(0.02), CI = 1.96 * std / sqrt(4), in %
+    assert summary["unit"] == "%"
+    assert g1["mean"] == pytest.approx(70.0) and g1["n"] == 4
+    assert g1["ci95"] == pytest.approx(98 * math.sqrt(0.02))
+    assert (g5["mean"], g5["ci95"], g5["n"]) == (pytest.approx(80.0), pytest.approx(0.0), 3)
+    shown = json.loads(_download(client, tr.run_id, "eval/epoch_002/episodes_table.json",
+                                 tmp_path / "t").read_text())  # MLflow's table artifact
+    cols = shown["columns"]
+    acc = [row[cols.index("accuracy (%)")] for row in shown["data"]]
+    assert acc == pytest.approx([50, 70, 90, 70, 80, 80, 80])
     assert summary["epoch"] == 2 and summary["reported"] == {"val/acc_5w1s": 0.7}
 
     history = [{"epoch": e, "train/loss": 1.0 / (e + 1), "val/acc_5w1s": 0.3 + e / 10,
@@ -172,6 +178,12 @@ def test_eval_plots_and_environment(store, tmp_path: Path) -> None:
         png = _download(client, tr.run_id, name, tmp_path / "d")
         assert png.read_bytes()[:8] == PNG_MAGIC
     assert artifacts.plot_curves(history, tmp_path / "x.png") == ["train/loss", "val/acc_5w1s"]
+    history = [{"epoch": e, "train/loss": 2.0 / e, "train/ce": 1.0 / e, "train/lr": 0.1 / e,
+                "test/acc_5w1s": 40.0 + e, "test/acc_5w1s_ci95": 1.0} for e in (1, 2, 3)]
+    fig = tmp_path / "curves.png"
+    keys = artifacts.plot_curves(history, fig, "a · s0 · test split")
+    assert keys == ["train/ce", "train/loss", "train/lr", "test/acc_5w1s"]  # 3 panels
+    assert _png_size(fig) == (1200, 300)  # 3 panels of 4 x 3 inches at 100 dpi
 
     info = tr.log_environment({"world_size": 2})
     env = json.loads(_download(client, tr.run_id, "environment.json", tmp_path / "e").read_text())
@@ -273,3 +285,37 @@ def test_results_files_name_the_tracking_store_relative_to_the_project(tmp_path,
     assert portable_uri(f"sqlite:///{tmp_path}/runs/mlflow.db") == "sqlite:///runs/mlflow.db"
     assert portable_uri("sqlite:////elsewhere/m.db") == "sqlite:///m.db"
     assert portable_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    import struct
+
+    head = path.read_bytes()[:24]
+    assert head[:8] == PNG_MAGIC
+    return struct.unpack(">II", head[16:24])
+
+
+def test_episode_histogram_has_one_bin_per_possible_accuracy(tmp_path: Path) -> None:
+    """5-way x 3 queries = 15 queries per episode: accuracies are k/15; the bins are centred on
+    them (width 100/15 %), so no bin falls between two possible values."""
+    from matplotlib.figure import Figure
+
+    seen = {}
+    orig = Figure.savefig
+
+    def keep(fig, *a, **k):
+        seen["bars"] = [(round(p.get_x(), 6), round(p.get_width(), 6), p.get_height())
+                        for p in fig.axes[0].patches]
+        return orig(fig, *a, **k)
+
+    recs = [{"episode_id": i, "way": 5, "shot": 1, "queries": 3, "classifier": "proto",
+             "accuracy": k / 15} for i, k in enumerate([5, 6, 6, 9])]
+    import unittest.mock as um
+
+    with um.patch.object(Figure, "savefig", keep):
+        assert artifacts.plot_episode_hist(recs, tmp_path / "h.png", "t") == ["5w1s_proto"]
+    step = 100 / 15
+    bars = seen["bars"]
+    assert [h for _, _, h in bars] == [1, 2, 0, 0, 1]  # 5/15, 6/15, 7/15, 8/15, 9/15
+    assert all(w == pytest.approx(step) for _, w, _ in bars)
+    assert bars[0][0] == pytest.approx(4.5 * step)  # centred on 5/15

@@ -183,18 +183,31 @@ class RunLogger:
                     rows.plot(Path(tmp) / f"{name}.png")
             self.log_dir(tmp, "eval")  # latest, overwritten each evaluation
             self.log_dir(tmp, f"eval/epoch_{int(epoch):03d}")
+        episodes = artifacts.flatten_records(
+            {k: v for k, v in result_records.items() if not isinstance(v, Table)})
+        if episodes:  # the UI previews a table artifact (the parquet files it only lists)
+            table = {c: [r.get(c) for r in episodes]
+                     for c in ("episode_id", "way", "shot", "queries", "classifier")}
+            table["accuracy (%)"] = [100.0 * float(r["accuracy"]) for r in episodes]
+            # one file per evaluation: log_table appends to a file that exists
+            self._client.log_table(self._run_id, table,
+                                   artifact_file=f"eval/epoch_{int(epoch):03d}/episodes_table.json")
         return written
 
     def log_curves(self, history: list[dict], artifact_path: str = "plots/curves.png") -> None:
-        """PNG of every `train/*`, `val/*` and `test/*` metric in `history` (one dict per epoch)."""
+        """PNG of the `train/*`, `val/*` and `test/*` metrics in `history` (one dict per epoch),
+        titled with the run's name and split (`artifacts.plot_curves`)."""
         if self.enabled:
-            self._log_written(artifact_path, lambda p: artifacts.plot_curves(history, p))
+            title = getattr(self, "title", "")
+            self._log_written(artifact_path, lambda p: artifacts.plot_curves(history, p, title))
 
     def log_episode_hist(self, records: Mapping[str, list[dict]] | Iterable[dict],
                          artifact_path: str = "plots/episode_hist.png") -> None:
-        """PNG histogram of episode accuracy per (way, shot, classifier)."""
+        """PNG histogram of episode accuracy (%) per (way, shot, classifier)."""
         if self.enabled:
-            self._log_written(artifact_path, lambda p: artifacts.plot_episode_hist(records, p))
+            title = getattr(self, "title", "")
+            self._log_written(artifact_path,
+                              lambda p: artifacts.plot_episode_hist(records, p, title))
 
     def log_environment(self, extra: Mapping[str, Any] | None = None) -> dict | None:
         """Log `environment.json` (versions, git SHA, host, devices, `extra`); tag the git SHA."""
@@ -231,6 +244,8 @@ class TrialTracker(RunLogger):
                  tags: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.resumed = False
+        split = (tags or {}).get("kdray.split")  # the pictures' title: run name and split
+        self.title = run_name + (f" · {split} split" if split else "")
         if not enabled:
             return
         client = MlflowClient(tracking_uri)

@@ -82,7 +82,8 @@ def write_episodes_parquet(records: Mapping[str, list[dict]] | Iterable[dict], p
 
 
 def summarize_episodes(records: Mapping[str, list[dict]] | Iterable[dict]) -> dict[str, dict]:
-    """Per (way, shot, classifier): mean accuracy, 95% CI and episode count.
+    """Per (way, shot, classifier): mean accuracy and its 95% CI in percent (the unit of the
+    `*/acc_*` metrics), and the episode count.
 
     The CI is 1.96 * std / sqrt(n) with the population std (ddof=0), as in the SMKD/CloserLook
     evaluation code (docs/methods/smkd.md §1.4).
@@ -96,7 +97,7 @@ def summarize_episodes(records: Mapping[str, list[dict]] | Iterable[dict]) -> di
         groups.setdefault(key, []).append(float(r["accuracy"]))
     out = {}
     for (way, shot, clf), accs in sorted(groups.items()):
-        a = np.asarray(accs, dtype=np.float64)
+        a = 100.0 * np.asarray(accs, dtype=np.float64)
         out[group_key(way, shot, clf)] = {
             "way": way, "shot": shot, "classifier": clf, "mean": float(a.mean()),
             "ci95": float(1.96 * a.std() / math.sqrt(a.size)), "n": int(a.size),
@@ -106,12 +107,10 @@ def summarize_episodes(records: Mapping[str, list[dict]] | Iterable[dict]) -> di
 
 def write_summary_json(records: Mapping[str, list[dict]] | Iterable[dict], path: str | Path, *,
                        epoch: int | None = None, reported: Mapping[str, Any] | None = None) -> dict:
-    """Write `{"epoch", "groups": summarize_episodes(records), "reported"}` and return it.
-
-    `reported` is the evaluator's own summary (e.g. its all-reduced `{"acc", "ci95"}` numbers),
-    kept verbatim next to the values recomputed from the records.
-    """
-    summary = {"epoch": epoch, "groups": summarize_episodes(records),
+    """Write `{"epoch", "unit": "%", "groups": summarize_episodes(records), "reported"}` and
+    return it. `reported` is the evaluator's own summary (its all-reduced metrics, already in
+    percent), kept verbatim next to the values recomputed from the records."""
+    summary = {"epoch": epoch, "unit": "%", "groups": summarize_episodes(records),
                "reported": dict(reported or {})}
     write_json(summary, path)
     return summary
@@ -153,49 +152,75 @@ def _grid(n: int, ncols: int = 3, size: tuple[float, float] = (4.0, 3.0)):
     return fig, flat[:n]
 
 
-def plot_curves(history: list[dict], path: str | Path) -> list[str]:
-    """Plot every `train/*`, `val/*` and `test/*` metric against `epoch`, one panel each; return the keys.
-
-    A `<key>_ci95` entry is drawn as a band around `<key>` rather than as its own panel.
-    """
-    keys = sorted({k for h in history for k in h
-                   if k.startswith(("train/", "val/", "test/")) and not k.endswith("_ci95")})
-    fig, axes = _grid(max(1, len(keys)))
-    for ax, key in zip(axes, keys):
-        pts = [(h.get("epoch", i), h[key], h.get(f"{key}_ci95")) for i, h in enumerate(history)
-               if _finite(h.get(key))]
-        xs = np.array([p[0] for p in pts], dtype=float)
-        ys = np.array([p[1] for p in pts], dtype=float)
-        ax.plot(xs, ys, marker="o", markersize=3)
-        if pts and all(_finite(p[2]) for p in pts):
-            ci = np.array([p[2] for p in pts], dtype=float)
-            ax.fill_between(xs, ys - ci, ys + ci, alpha=0.25)
-        ax.set_title(key, fontsize=9)
+def plot_curves(history: list[dict], path: str | Path, title: str = "") -> list[str]:
+    """Per-trial curves against integer epochs, one panel per kind, titled `title` (row, seed,
+    split): the training loss terms overlaid in one panel, the learning rate in its own (log
+    scale), each evaluated metric with its 95% CI band (percent axes for accuracies). Keys with
+    one point are drawn as a marker. Returns the keys drawn."""
+    keys = sorted({k for h in history for k in h if k.startswith(("train/", "val/", "test/"))
+                   and not k.endswith("_ci95") and any(_finite(x.get(k)) for x in history)})
+    losses = [k for k in keys if k.startswith("train/") and k != "train/lr"]
+    evals = [k for k in keys if not k.startswith("train/")]
+    panels: list[tuple[str, list[str]]] = ([("training loss terms", losses)] if losses else [])
+    if "train/lr" in keys:
+        panels.append(("learning rate", ["train/lr"]))
+    panels += [(k, [k]) for k in evals]
+    fig, axes = _grid(max(1, len(panels)))
+    for ax, (name, group) in zip(axes, panels):
+        for key in group:
+            pts = [(int(h.get("epoch", i + 1)), float(h[key]), h.get(f"{key}_ci95"))
+                   for i, h in enumerate(history) if _finite(h.get(key))]
+            xs = np.array([p[0] for p in pts], dtype=float)
+            ys = np.array([p[1] for p in pts], dtype=float)
+            ax.plot(xs, ys, marker="o", markersize=3 if len(pts) > 1 else 6,
+                    label=key.split("/", 1)[1] if len(group) > 1 else None)
+            if pts and all(_finite(p[2]) for p in pts):
+                ci = np.array([p[2] for p in pts], dtype=float)
+                ax.fill_between(xs, ys - ci, ys + ci, alpha=0.25)
+        unit = " (%)" if "acc" in name or "top" in name else ""
+        ax.set_title(name + unit, fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        if name == "learning rate":
+            ax.set_yscale("log")
+        if len(group) > 1:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    if not keys:
+    if not panels:
         axes[0].text(0.5, 0.5, "no train/, val/ or test/ metrics", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
-    return keys
+    return [k for _, group in panels for k in group]
 
 
 def plot_episode_hist(records: Mapping[str, list[dict]] | Iterable[dict], path: str | Path,
-                      bins: int = 20) -> list[str]:
-    """Histogram of episode accuracy, one panel per (way, shot, classifier); return the groups."""
-    groups: dict[str, list[float]] = {}
+                      title: str = "") -> list[str]:
+    """Histogram of episode accuracy in percent, one panel per (way, shot, classifier); one bin
+    per value an episode can take (k correct of way x queries), so no comb gaps. Returns the
+    groups."""
+    groups: dict[str, tuple[list[float], int]] = {}
     for r in flatten_records(records):
-        groups.setdefault(group_key(r["way"], r["shot"], r["classifier"]), []).append(
-            float(r["accuracy"]))
+        key = group_key(r["way"], r["shot"], r["classifier"])
+        accs, n = groups.setdefault(key, ([], 0))
+        q = int(r.get("queries") or 0) * int(r["way"])
+        groups[key] = (accs + [100.0 * float(r["accuracy"])], max(n, q))
     fig, axes = _grid(max(1, len(groups)))
-    for ax, (key, accs) in zip(axes, sorted(groups.items())):
+    for ax, (key, (accs, n_q)) in zip(axes, sorted(groups.items())):
         a = np.asarray(accs, dtype=float)
-        ax.hist(a, bins=bins)
+        step = 100.0 / n_q if 0 < n_q <= 400 else None
+        edges = ((np.arange(round(a.min() / step), round(a.max() / step) + 2) - 0.5) * step
+                 if step else 20)
+        ax.hist(a, bins=edges)
         ax.axvline(a.mean(), color="k", linestyle="--", linewidth=1)
-        ax.set_title(f"{key}: mean {a.mean():.4f} (n={a.size})", fontsize=9)
-        ax.set_xlabel("episode accuracy")
+        ax.set_title(f"{key}: mean {a.mean():.2f}% (n={a.size})", fontsize=9)
+        ax.set_xlabel("episode accuracy (%)")
+        ax.set_ylabel("episodes")
     if not groups:
         axes[0].text(0.5, 0.5, "no episodes", ha="center", va="center")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(str(path), dpi=100)
     return sorted(groups)
