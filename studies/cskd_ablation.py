@@ -20,7 +20,7 @@ from kdray.study import Study, split_note
 def build(preset: str) -> Study:
     return Study.from_preset(
         "cskd_ablation", preset, method="cskd", overrides=P.PRESETS[preset],
-        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)),
+        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)), claims=P.CLAIMS,
         paper=lambda key, base: P.paper_number(key, preset),
         space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",
         columns=(("top-1", "top1"), ("top-5", "top5")),

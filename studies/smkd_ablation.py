@@ -31,6 +31,7 @@ def build(preset: str) -> Study:
         metric="acc_20w1s" if mini else "acc_5w1s",
         columns=tuple((w, f"acc_{w}") for w in ways),
         seeds=(0, 1, 2) if mini else (0,), baseline=P.MINI_BASELINE if mini else "",
+        claims=P.MINI_CLAIMS if mini else (),
         description=lambda base: (
             f"SMKD on {base.data.dataset}, {base.model.arch}: every SMKD row starts from one "
             f"phase-1 (iBOT) checkpoint and trains {base.train.epochs} more epochs, so 'phase 1 "

@@ -28,7 +28,7 @@ from kdray.study import Study, split_note
 def build(preset: str) -> Study:
     return Study.from_preset(
         "sskd_ablation", preset, method="sskd", overrides=P.PRESETS[preset],
-        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)),
+        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)), claims=P.CLAIMS,
         paper=lambda key, base: P.paper_number(key, base.model.teacher_arch, base.model.arch,
                                                preset),
         space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",

@@ -247,3 +247,34 @@ def test_a_study_without_rows_gets_no_delta_column(tmp_path):
     text = write_results_md(study, summarize_rows(study, trials), str(tmp_path / "g.md"), header={})
     assert "| setting | n | top-1 | paper |\n|---|---|---|---|" in text
     assert "| grid | 3 | 61.00 ± 1.00 | – |" in text and "Δ" not in text
+
+
+def test_claims_get_their_own_paired_delta_and_verdict(tmp_path):
+    """`Study.claims` ("A > B") get Δ = A − B paired per seed with a verdict: KD > CE holds
+    (+5.07, CI above 0), CE > KD is contradicted, tie > CE is not shown (CI spans 0);
+    from_preset maps paper keys to labels and drops a pair whose row the preset lacks."""
+    study = Study(name="t", base=ExperimentConfig(), metric="top1",
+                  rows=(Row("CE", {}), Row("KD", {}), Row("tie", {})),
+                  columns=(("top-1", "top1"),),
+                  claims=(("KD", "CE"), ("CE", "KD"), ("tie", "CE")))
+    ce = [70.0, 71.0, 69.5]
+    trials = [_top1_trial("CE", s, v) for s, v in enumerate(ce)]
+    trials += [_top1_trial("KD", s, v + 5 + e) for s, (v, e) in enumerate(zip(ce, [0.3, -0.2, 0.1]))]
+    trials += [_top1_trial("tie", s, v + e) for s, (v, e) in enumerate(zip(ce, [0.4, -0.5, 0.1]))]
+    text = write_results_md(study, summarize_rows(study, trials), str(tmp_path / "t.md"),
+                            header={})
+    claims = text.split("The paper's claims")[1].splitlines()
+    assert "| KD > CE | +5.07 [+4.44, +5.69] * (3 seeds) | holds |" in claims
+    assert "| CE > KD | -5.07 [-5.69, -4.44] * (3 seeds) | contradicted |" in claims
+    assert any(x.startswith("| tie > CE | +0.00 [-") and x.endswith("| not shown |")
+               for x in claims)
+    with pytest.raises(ConfigError, match="claims"):
+        Study(name="t", base=ExperimentConfig(), metric="top1", rows=(Row("KD", {}),),
+              claims=(("KD", "nope"),))
+    from kdray.search import Budget
+
+    built = Study.from_preset("x", "mini", method="ce", overrides={}, metric="top1",
+                              rows=(("CE only", "ce", {}), ("KD", "kd", {})), columns=(),
+                              space={}, budget=Budget(1, 1, 2),
+                              claims=(("kd", "ce"), ("sskd", "kd")))
+    assert built.claims == (("KD", "CE only"),)

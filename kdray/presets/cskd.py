@@ -117,6 +117,8 @@ SPACE = method_space("cskd", ("w_cskd", "w_distill", "alpha_schedule", "alpha_en
 # the mini tier's rows: the paper's headline comparison only (CSKD > DeiT hard > DeiT)
 MINI_ROWS = tuple(r for r in ROWS if r[1] in ("deit", "deit_hard", "cskd"))
 SEEDS = {"mini": (0, 1, 2)}
+# the paper's claims, by paper key: CSKD > DeiT hard distillation > DeiT (Table 1)
+CLAIMS = (("cskd", "deit_hard"), ("deit_hard", "deit"))
 
 
 def rows_for(preset: str) -> tuple[tuple[str, str, dict[str, Any]], ...]:

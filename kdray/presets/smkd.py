@@ -148,6 +148,8 @@ MINI_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("phase 2 full: Eq. 3 + Eq. 5 (paper impl)", "", {}),
 )
 MINI_BASELINE = MINI_ROWS[-1][0]
+# the paper's claims on the mini tier (by label): phase 2 full beats phase 1 and supervised CE
+MINI_CLAIMS = ((MINI_ROWS[3][0], MINI_ROWS[1][0]), (MINI_ROWS[3][0], MINI_ROWS[0][0]))
 
 
 def rows_for(preset: str) -> tuple[tuple[str, str, dict[str, Any]], ...]:

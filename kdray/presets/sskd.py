@@ -162,6 +162,8 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 # the mini tier's rows: the paper's headline comparison only (SSKD > KD > CE)
 MINI_ROWS = tuple(r for r in ROWS if r[1] in ("ce", "kd", "sskd"))
 SEEDS = {"mini": (0, 1, 2)}
+# the paper's claims, by paper key: SSKD > KD > CE (Tables 1-2)
+CLAIMS = (("sskd", "kd"), ("kd", "ce"))
 
 
 def rows_for(preset: str) -> tuple[tuple[str, str, dict[str, Any]], ...]:

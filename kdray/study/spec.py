@@ -56,6 +56,8 @@ class Study:
     description: str = ""
     baseline: str = ""              # row the others are compared with (default: the first row)
     compare: tuple[str, ...] = ()   # metric keys given Δ vs the baseline (default: the metric)
+    # the paper's claims as (better row, worse row): each gets its own paired Δ in the table
+    claims: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.mode not in ("max", "min"):
@@ -83,6 +85,10 @@ class Study:
                               "eval.split or data.holdout_val")
         if self.baseline and self.baseline not in labels:
             raise ConfigError(f"study.baseline {self.baseline!r} is not a row; rows: {labels}")
+        for pair in self.claims:
+            for label in pair:
+                if label not in labels:
+                    raise ConfigError(f"study.claims: {label!r} is not a row; rows: {labels}")
 
     def key(self, split: str | None = None, name: str | None = None) -> str:
         """`<split>/<name>`: the reported key of `name` (default: the metric) on `split` (default:
@@ -111,21 +117,27 @@ class Study:
                     budget: Budget, description: OfBase[str] = "",
                     paper: Callable[[str, ExperimentConfig], str] = lambda key, base: "",
                     config_name: str | None = None, mode: str = "max", baseline: str = "",
-                    compare: tuple[str, ...] = (), seeds: tuple[int, ...] = (0,)) -> Study:
+                    compare: tuple[str, ...] = (), seeds: tuple[int, ...] = (0,),
+                    claims: tuple[tuple[str, str], ...] = ()) -> Study:
         """The study `<study>_<preset>` of a preset: base = `method` with the preset's dotted-key
         `overrides` (config name `config_name`, default the study name); `rows` as (label, paper
         key, overrides), the paper column from `paper(key, base)`; `metric`, `columns` and
-        `description` as values or functions of the base config; `baseline`, `compare` and the
-        preset's default `seeds` (`--seeds` overrides) as on the Study. An empty `space` runs
-        the rows only."""
+        `description` as values or functions of the base config; `baseline`, `compare`,
+        `claims` (by paper key or label; pairs naming a row the preset lacks are dropped) and
+        the preset's default `seeds` (`--seeds` overrides) as on the Study. An empty `space`
+        runs the rows only."""
         name = f"{study}_{preset}"
         base = ExperimentConfig(method=method, name=config_name or name).override(dict(overrides))
 
         def of_base(v):
             return v(base) if callable(v) else v
 
+        rows = tuple(rows)
+        label_of = {**{key: label for label, key, _ in rows if key}, **{r[0]: r[0] for r in rows}}
+        claims = tuple((label_of[a], label_of[b]) for a, b in claims
+                       if a in label_of and b in label_of)
         rows = tuple(Row(label, dict(over), paper(key, base)) for label, key, over in rows)
-        return cls(name=name, base=base, metric=of_base(metric), mode=mode, rows=rows,
+        return cls(claims=claims, name=name, base=base, metric=of_base(metric), mode=mode, rows=rows,
                    space=dict(space), num_samples=budget.samples, grace_period=budget.grace,
                    reduction_factor=budget.reduction_factor, columns=tuple(of_base(columns)),
                    description=of_base(description), baseline=baseline, compare=tuple(compare),

@@ -118,6 +118,7 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     lines += status_notes(rows, errors)
     lines += check_notes(checks)
     lines += row_summary(study, rows, cols)
+    lines += claim_summary(study, rows, cols)
     lines.append("")
     text = "\n".join(lines)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -187,6 +188,34 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
                   for _, k in compared]
         out.append(f"| {label} | {len(g)} | " + " | ".join(cells + deltas)
                    + f" | {g[0]['paper'] or '–'} |")
+    return out
+
+
+def claim_summary(study: Study, rows: list[dict[str, Any]],
+                  cols: list[tuple[str, str]]) -> list[str]:
+    """The paper's claims (`study.claims`, "A > B"), each with the paired Δ = A − B of every
+    compared column and a verdict: holds (CI above 0), contradicted (CI below 0), not shown
+    (CI spans 0, or too few pairs)."""
+    if not study.claims:
+        return []
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if not r["params"] and r["status"] == "finished":
+            groups.setdefault(r["label"], []).append(r)
+    heads = dict((k, h) for h, k in cols)
+    compared = [(heads.get(k, k), k) for k in study.compared]
+    out = ["", "The paper's claims: paired Δ = first − second, 95% CI (paired as above); holds = "
+           "CI above 0, contradicted = CI below 0, not shown = CI spans 0 or too few pairs.", "",
+           "| claim | " + " | ".join(f"Δ {h} [95% CI]" for h, _ in compared) + " | verdict |",
+           "|---" * (len(compared) + 2) + "|"]
+    for a, b in study.claims:
+        ga, gb = groups.get(a, []), groups.get(b, [])
+        deltas = [row_delta(ga, gb, k) if ga and gb else None for _, k in compared]
+        first = deltas[0] if deltas else None
+        verdict = ("not run" if first is None else "holds" if first.significant and first.mean > 0
+                   else "contradicted" if first.significant else "not shown")
+        out.append(f"| {a} > {b} | " + " | ".join(d.text() if d else "–" for d in deltas)
+                   + f" | {verdict} |")
     return out
 
 
