@@ -9,7 +9,13 @@ import pytest
 
 from kdray.config import ExperimentConfig
 from kdray.study import Row, Study
-from kdray.study.figures import ablation_data, paper_values, plot_ablation
+from kdray.study.figures import (
+    ablation_data,
+    paper_values,
+    plot_ablation,
+    plot_paper_scatter,
+    plot_sessions,
+)
 from kdray.study.spec import BEST_LABEL
 
 
@@ -42,6 +48,8 @@ def _study():
 def test_data_behind_the_chart():
     assert paper_values("74.28 / 86.99", 2) == [74.28, 86.99]
     assert paper_values("74.28", 2) == [None, None]
+    assert paper_values("IN-1k Ti 72.2", 1) == [None]  # another setting: no marker
+    assert paper_values("C100 resnet56->resnet20 69.63", 1) == [None]
     data = ablation_data(_study(), _rows())
     assert data["settings"] == ["base", "+ x", BEST_LABEL] and data["baseline"] == "base"
     c1 = data["columns"][0]
@@ -58,3 +66,37 @@ def test_chart_png(tmp_path):
     plot_ablation(_study(), _rows(), path)
     w, h = _png_size(path)
     assert (w, h) == (1160, 295)
+
+
+def test_paper_scatter_only_where_the_setting_matches(tmp_path):
+    """One point per (setting, column) whose paper cell is bare numbers: `+ x` has 35.0 / 45.0
+    for 5w1s / 5w5s; ours are its means (40, 45). No matching cell: no file."""
+    path = tmp_path / "paper.png"
+    data = plot_paper_scatter(_study(), _rows(), path)
+    assert data == [{"setting": "+ x", "column": "5w1s", "paper": 35.0, "ours": pytest.approx(40.0)},
+                    {"setting": "+ x", "column": "5w5s", "paper": 45.0, "ours": pytest.approx(45.0)}]
+    assert _png_size(path) == (550, 500)
+    rows = [dict(r, paper="IN-1k 72.2 / 80.0") for r in _rows()]
+    assert plot_paper_scatter(_study(), rows, tmp_path / "none.png") == []
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_fscil_sessions_on_one_plot(tmp_path):
+    """Each setting's mean accuracy per session (S0..S2), from the session columns."""
+    study = Study(name="f_smoke", base=ExperimentConfig(method="ce"), metric="fscil_avg",
+                  rows=(Row("base"), Row("full")),
+                  columns=(("S0", "fscil_s0"), ("S1", "fscil_s1"), ("S2", "fscil_s2"),
+                           ("Avg", "fscil_avg")))
+
+    def trial(label, seed, accs):
+        return {"label": label, "seed": seed, "split": "test", "params": {}, "status": "finished",
+                "paper": "", "metrics": {f"fscil_s{t}": a for t, a in enumerate(accs)}}
+    rows = [trial("base", 0, [70, 60, 50]), trial("base", 1, [72, 62, 52]),
+            trial("full", 0, [71, 65, 58])]
+    path = tmp_path / "sessions.png"
+    data = plot_sessions(study, rows, path)
+    assert data["sessions"] == [0, 1, 2]
+    assert data["settings"] == {"base": [71.0, 61.0, 51.0], "full": [71.0, 65.0, 58.0]}
+    assert _png_size(path) == (700, 420)
+    assert plot_sessions(_study(), _rows(), tmp_path / "no.png")["settings"] == {}
+    assert not (tmp_path / "no.png").exists()

@@ -97,9 +97,10 @@ def report(study: Study, trials: list[dict], best: dict | None, client, parent: 
 
 def ablation_chart(study: Study, rows: list[dict[str, Any]], client, parent: str,
                    results_dir: str) -> str | None:
-    """results/<study>_ablation.png (kdray.study.figures), also logged to the study run as
-    figures/ablation.png; a failing figure is logged and never costs the study its table."""
-    from kdray.study.figures import plot_ablation
+    """results/<study>_ablation.png (kdray.study.figures), and where they apply <study>_paper.png
+    (paper vs ours) and <study>_sessions.png (FSCIL sessions), each also logged to the study run
+    under figures/; a failing figure is logged and never costs the study its table."""
+    from kdray.study.figures import plot_ablation, plot_paper_scatter, plot_sessions
 
     path = os.path.join(results_dir, f"{study.name}_ablation.png")
     try:
@@ -108,6 +109,16 @@ def ablation_chart(study: Study, rows: list[dict[str, Any]], client, parent: str
     except Exception:
         log.exception("ablation chart failed")
         return None
+    for suffix, plot in (("paper", plot_paper_scatter), ("sessions", plot_sessions)):
+        extra = os.path.join(results_dir, f"{study.name}_{suffix}.png")
+        try:  # written only when the study has paper cells of its own setting / FSCIL sessions
+            if os.path.exists(extra):
+                os.remove(extra)  # a stale picture of an earlier run
+            plot(study, rows, extra)
+            if os.path.exists(extra):
+                client.log_artifact(parent, extra, "figures")
+        except Exception:
+            log.exception("%s figure failed", suffix)
     return path
 
 

@@ -15,13 +15,107 @@ from kdray.study.spec import BEST_LABEL, Study
 from kdray.study.table import row_delta
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_PLAIN = re.compile(r"\s*-?\d+(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)*\s*")
+_SESSION = re.compile(r"fscil_s(\d+)$")
 
 
 def paper_values(paper: str, n_columns: int) -> list[float | None]:
-    """The paper cell's numbers by column: "74.28 / 86.99" -> [74.28, 86.99]; a cell whose count
-    of numbers does not match the columns gives no marker."""
-    nums = [float(x) for x in _NUMBER.findall(paper or "")]
+    """The paper cell's numbers by column: "74.28 / 86.99" -> [74.28, 86.99]. Only a cell of bare
+    numbers is the same setting as ours; a labelled one ("IN-1k Ti 72.2": another dataset or
+    scale) and a cell whose count of numbers does not match the columns give no marker."""
+    if not _PLAIN.fullmatch(paper or ""):
+        return [None] * n_columns
+    nums = [float(x) for x in _NUMBER.findall(paper)]
     return nums if len(nums) == n_columns else [None] * n_columns
+
+
+def _finished_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
+            groups.setdefault(r["label"], []).append(r)
+    return groups
+
+
+def paper_scatter_data(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """(setting, column, paper, ours = mean over finished seeds) wherever a row's paper cell is
+    the same setting as ours (`paper_values`); empty when there is none."""
+    cols = list(study.columns) or [(study.metric, study.metric)]
+    out = []
+    for label, g in _finished_groups(rows).items():
+        for (head, key), p in zip(cols, paper_values(g[0].get("paper", ""), len(cols))):
+            ours = _mean([r["metrics"].get(key) for r in g])
+            if p is not None and ours is not None:
+                out.append({"setting": label, "column": head, "paper": p, "ours": ours})
+    return out
+
+
+def plot_paper_scatter(study: Study, rows: list[dict[str, Any]], path: str | Path
+                       ) -> list[dict[str, Any]]:
+    """Paper vs ours, one point per (setting, column) with a paper cell of the same setting, the
+    diagonal for reference. Writes nothing and returns [] when no cell matches."""
+    data = paper_scatter_data(study, rows)
+    if not data:
+        return []
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 5.0))
+    ax = fig.subplots()
+    vals = [d["paper"] for d in data] + [d["ours"] for d in data]
+    lo, hi = min(vals) - 2, max(vals) + 2
+    ax.plot([lo, hi], [lo, hi], color="#636363", linestyle="--", linewidth=1, label="ours = paper")
+    for i, d in enumerate(data):
+        ax.plot(d["paper"], d["ours"], "o", color=f"C{i % 10}",
+                label=_wrap(f"{d['setting']} ({d['column']})", 40))
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("paper (%)")
+    ax.set_ylabel(f"ours, mean over seeds, {study.base.eval.split} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{study.name}: paper vs ours (same setting only)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    return data
+
+
+def session_data(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """FSCIL accuracy per session, mean over each setting's finished seeds: {"sessions": [0..],
+    "settings": {label: [acc per session]}}; empty settings when the study has no session
+    columns (`fscil_s<t>`)."""
+    keys = sorted(((int(m.group(1)), k) for _, k in study.columns
+                   if (m := _SESSION.match(k))), key=lambda t: t[0])
+    out: dict[str, Any] = {"sessions": [t for t, _ in keys], "settings": {}}
+    if not keys:
+        return out
+    for label, g in _finished_groups(rows).items():
+        out["settings"][label] = [_mean([r["metrics"].get(k) for r in g]) for _, k in keys]
+    return out
+
+
+def plot_sessions(study: Study, rows: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:
+    """Every setting's accuracy over the FSCIL sessions on one plot (mean over seeds). Writes
+    nothing when the study has no session columns."""
+    data = session_data(study, rows)
+    if not data["settings"]:
+        return data
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.2))
+    ax = fig.subplots()
+    for label, accs in data["settings"].items():
+        pts = [(t, a) for t, a in zip(data["sessions"], accs) if a is not None]
+        ax.plot([t for t, _ in pts], [a for _, a in pts], marker="o", markersize=4,
+                label=_wrap(label, 40) + (" (baseline)" if label == study.baseline_label else ""))
+    ax.set_xticks(data["sessions"])
+    ax.set_xlabel("session (0 = base classes)")
+    ax.set_ylabel(f"accuracy on all classes seen, {study.base.eval.split} (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(f"{study.name}: accuracy per session (mean over seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=100)
+    return data
 
 
 def ablation_data(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:
