@@ -94,10 +94,11 @@ def test_recorded_events_give_the_expected_lines():
         "study  stages 1 ✓ · grid 2/2 · search 1/2 · best 0/1 · running 0 · 3m05s elapsed · "
         "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
         "search 01 · w_patch=0.2  ✗ failed: RuntimeError('boom')",
+        # one trial left (best): it runs alone, start-up 45 s + 1 epoch of 5 s
         "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 3m05s elapsed · "
-        "ETA ~25s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
         "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 5m10s elapsed · "
-        "ETA ~25s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
+        "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
     ]
 
 

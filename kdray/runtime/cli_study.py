@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -216,6 +217,7 @@ def _run(build, args, before):
     check_study(study, address=args.address, storage_path=args.storage_path,
                 tracking_uri=args.tracking_uri, results_dir=args.results_dir,
                 stages_pending=before is not None)
+    started = time.time()  # the wall time in the header counts the stages too
     log_path = console_log_path(args.storage_path, study.name)
     with StudyConsole(study, log_path, verbose=args.verbose) as shown:
         if not args.verbose:
@@ -226,4 +228,4 @@ def _run(build, args, before):
         return run_study(study, address=args.address, storage_path=args.storage_path,
                          tracking_uri=args.tracking_uri, resume=args.resume,
                          results_dir=args.results_dir, header={"preset": args.preset},
-                         optuna_storage=args.optuna_storage)
+                         optuna_storage=args.optuna_storage, started=started)

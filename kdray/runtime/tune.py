@@ -179,7 +179,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
               tracking_uri: str | None = None, experiment: str | None = None,
               resume: bool = False, results_dir: str = "results", header: dict | None = None,
               search_row: str | None = None, callbacks: list | None = None,
-              optuna_storage: str | None = None) -> StudyResult:
+              optuna_storage: str | None = None, started: float | None = None) -> StudyResult:
     """Run the study's ablation grid (rows x seeds, on the rows' split), then its search (if it
     has a space) on val only, then the val-selected point with the study's seeds on the rows'
     split (the row `BEST_LABEL`). best.json: the val-selected searched trial and its val score.
@@ -202,7 +202,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     client.set_tag(parent, I.TAG_STATUS, "running")
     with I.StudyGuard() as guard:  # Ctrl-C: stop every phase, then finalise the records
         ensure_ray(address)
-        t0 = time.time()
+        t0 = started or time.time()
         phase = partial(_run_phase, storage_path=storage_path, tracking=tracking, resume=resume,
                         callbacks=callbacks, guard=guard)
         trials = _grid_phase(study, phase)
@@ -215,7 +215,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
                                      {k: to_tune(d) for k, d in study.space.items()}, osetup,
                                      header)
         I.close_runs(client, exp_id, parent, trials)
-        info = {"wall time": f"{time.time() - t0:.0f} s" + (" (resumed run)" if resume else ""),
+        info = {"wall time": _wall_time(client, parent, time.time() - t0, resume),
                 "MLflow parent run": f"`{parent}` ({R.portable_uri(tracking['uri'])})",
                 **(header or {})}
         if guard.interrupted:
@@ -227,6 +227,25 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     if guard.interrupted:
         raise I.StudyInterrupted(guard.phase, path)
     return StudyResult(rows, parent, path, best)
+
+
+WALL_TAG = "kdray.wall_s"  # the study's wall time over all its runs (resumes add theirs)
+
+
+def _wall_time(client, parent: str, elapsed: float, resume: bool) -> str:
+    """The header's wall time: this run's (from before its stages, when the script says when it
+    started), added to what earlier runs of a resumed study took (the parent's tag; for a study
+    run before the tag existed, its parent run's first start to end)."""
+    run = client.get_run(parent)
+    prev = float(run.data.tags.get(WALL_TAG, 0) or 0)
+    if resume and not prev and run.info.end_time and run.info.start_time:
+        prev = max(0.0, (run.info.end_time - run.info.start_time) / 1000)
+    total = prev + elapsed
+    client.set_tag(parent, WALL_TAG, f"{total:.0f}")
+    if resume and prev:
+        return (f"{total:.0f} s in all ({prev:.0f} s before the resume, {elapsed:.0f} s in the "
+                "resumed run)")
+    return f"{elapsed:.0f} s" + (" (resumed run)" if resume else "")
 
 
 def _open_optuna(study: Study, uri: str, optuna_storage: str | None, resume: bool,

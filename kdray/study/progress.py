@@ -206,15 +206,19 @@ class Progress:
         times = [x for t in self.trials.values() for x in t.epoch_times]
         first = sum(firsts) / len(firsts)
         per_epoch = sum(times) / len(times) if times else first
-        left = 0.0
+        left, n_left = 0.0, 0
         for t in self.trials.values():
             if not t.done:
+                n_left += 1
                 left += (first + (t.epochs - 1) * per_epoch if t.first is None
                          else (t.epochs - t.epoch) * per_epoch)
         for phase in PHASES:
             seen = sum(t.phase == phase for t in self.trials.values())
+            n_left += max(0, self.total[phase] - seen)
             left += max(0, self.total[phase] - seen) * (first + (self.epochs - 1) * per_epoch)
-        return left / self.peak
+        # in parallel over the most trials seen running at once, but never over more trials
+        # than are left (the last trial runs alone)
+        return left / max(1, min(self.peak, n_left))
 
     def _out(self, lines: list[str]) -> list[str]:
         if lines:
