@@ -117,6 +117,7 @@ def test_report_resolves_names_and_never_creates_a_store(tmp_path, capsys, monke
                  "--tracking-uri", uri]) == 0
     out = capsys.readouterr().out
     assert "http://127.0.0.1:5000/#/experiments/" in out and "mlflow ui --backend-store-uri" in out
+    assert "?workflowType=machine_learning" in out  # the training layout, not GenAI
     assert main(["report", "dkd_ablation", "--tracking-uri", uri]) == 2
     assert "studies there: smkd_ablation_smoke" in capsys.readouterr().err
 

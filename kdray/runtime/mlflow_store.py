@@ -216,10 +216,13 @@ def _study_parent(client: MlflowClient, study: str):
 
 def ui_url(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
     """The MLflow UI page of an experiment's runs table (or of one run): the tracking server
-    itself for an http(s) store, else `mlflow ui`'s default address."""
+    itself for an http(s) store, else `mlflow ui`'s default address. The page opens in the
+    "Model training" layout (`?workflowType=machine_learning`; MLflow 3's UI otherwise starts a
+    new browser in its GenAI layout, whatever the experiment's kind tag says)."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) \
         else UI_BASE
-    return f"{base}/#/experiments/{experiment_id}/" + (f"runs/{run_id}" if run_id else "runs")
+    return (f"{base}/#/experiments/{experiment_id}/" + (f"runs/{run_id}" if run_id else "runs")
+            + "?workflowType=machine_learning")
 
 
 def ui_command(tracking_uri: str) -> str | None:
