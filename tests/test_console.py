@@ -141,7 +141,8 @@ def test_stage_epochs_reach_the_terminal_once_per_epoch(tmp_path):
     from kdray.runtime.console import StudyConsole, stage_lines
 
     line = ("\x1b[36m(RayTrainWorker pid={})\x1b[0m epoch {}/4 train/ce=1.245 train/loss=1.245 "
-            "train/lr=0.001007 test/top1=61.25 perf/epoch_s=143.1 perf/step_s=0.3816")
+            "train/lr=0.001007 test/top1=61.25 test/acc_5w1s=40.1 test/acc_5w1s_proto=40.1 "
+            "perf/epoch_s=143.1 perf/step_s=0.3816")
     term = io.StringIO()
     with StudyConsole(_study(), str(tmp_path / "console.log"), stream=term):
         print(line.format(7, 1))  # before the stage: log only
@@ -151,8 +152,8 @@ def test_stage_epochs_reach_the_terminal_once_per_epoch(tmp_path):
             sys.stderr.write(line.format(8, 3) + "\n")
         print(line.format(7, 4))
     assert term.getvalue().splitlines() == [
-        "stage  teacher  epoch 2/4  loss 1.245  test/top1 61.25  143 s/epoch",
-        "stage  teacher  epoch 3/4  loss 1.245  test/top1 61.25  143 s/epoch"]
+        "stage  teacher  epoch 2/4  loss 1.245  test/top1 61.25  test/acc_5w1s 40.1  143 s/epoch",
+        "stage  teacher  epoch 3/4  loss 1.245  test/top1 61.25  test/acc_5w1s 40.1  143 s/epoch"]
 
 
 def test_a_row_with_its_own_length_shows_its_own_epoch_total():

@@ -73,10 +73,12 @@ class _StageEcho:
         parts = [f"epoch {m.group(1)}/{m.group(2)}"]
         if "train/loss" in kv:
             parts.append(f"loss {kv['train/loss']}")
-        parts += [f"{k} {v}" for k, v in kv.items() if k.startswith(("test/", "val/"))
-                  and "_ci" not in k and "/n_" not in k][:4]
+        evals = {k: v for k, v in kv.items() if k.startswith(("test/", "val/"))
+                 and "_ci" not in k and "/n_" not in k}
+        parts += [f"{k} {v}" for k, v in evals.items()  # not `acc_5w1s_proto` = `acc_5w1s`
+                  if evals.get(k.rpartition("_")[0]) != v][:4]
         if "perf/epoch_s" in kv:
-            parts.append(f"{float(kv['perf/epoch_s']):.0f} s/epoch")
+            parts.append(f"{float(kv['perf/epoch_s']):.3g} s/epoch")
         return f"stage  {self.label}  " + "  ".join(parts)
 
 
