@@ -178,3 +178,25 @@ def test_a_phase_restored_after_it_ended_counts_as_done():
     lines = p.settle("grid", [("g0", "phase 1 only · s0"), ("g1", "+ supervised · s0")])
     assert lines and "grid 2/2" in lines[0] and "running 0" in lines[0], lines
     assert p.settle("grid", [("g0", "phase 1 only · s0")]) == []  # nothing new: no line
+
+
+def test_live_view_keeps_the_study_line_at_the_bottom(tmp_path):
+    """On a terminal (forced here) the study line is a rich live status: trial lines and
+    `[kdray]` lines print above it, and the last study line stays once the study ends."""
+    import re
+
+    from kdray.runtime.console import StudyConsole
+
+    term = io.StringIO()
+    with StudyConsole(_study(), str(tmp_path / "console.log"), stream=term, live=True) as c:
+        c.write("study  grid 0/2 · running 1")
+        c.write("grid   a · s0  epoch 1/2  loss 3")
+        print("[kdray] stage s: training")
+        print("ray noise")
+        c.write("study  grid 1/2 · running 1")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.getvalue())  # rich's cursor control
+    lines = [x.strip() for x in text.replace("\r", "\n").splitlines() if x.strip()]
+    assert "grid   a · s0  epoch 1/2  loss 3" in lines and "[kdray] stage s: training" in lines
+    assert "ray noise" not in text
+    assert lines[-1] == "study  grid 1/2 · running 1"
+    assert "ray noise" in (tmp_path / "console.log").read_text()

@@ -188,6 +188,10 @@ def test_ctrl_c_stops_the_whole_study_and_resume_after_sigkill_leaves_nothing_ru
     third = Study([*args, "--resume"], tmp_path, "third")
     rc = _finish(third, 900)
     assert rc == 0, third.output()[-4000:]
+    # kdray's console, not Ray's: a whole (tiny) study's output within the 60-line budget
+    console = third.output().splitlines()
+    assert len(console) <= 60 and "val/acc_5w1s" in third.output(), "\n".join(console)
+    assert not [x for x in console if "RayTrainWorker" in x or "TrainingReport" in x]
     runs = _runs(tmp_path)
     assert not [r for r in runs if r.info.status == "RUNNING"], \
         [(r.data.tags.get("mlflow.runName"), r.info.status) for r in runs]

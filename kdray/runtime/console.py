@@ -96,6 +96,28 @@ def stage_lines(label: str) -> Iterator[None]:
         _stage_echo = None
 
 
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Lines:
+    """What `_Split` writes terminal lines to: the console's line output (live or plain); the
+    caller holds the console's lock."""
+
+    def __init__(self, console: StudyConsole) -> None:
+        self.console = console
+
+    def write(self, text: str) -> None:
+        for line in text.rstrip("\n").split("\n"):
+            self.console._put(line)
+
+    def flush(self) -> None:
+        self.console.term.flush()
+
+
 class _Split(io.TextIOBase):
     """sys.stdout/sys.stderr during a quiet study: everything to the log file; whole lines
     starting with `[kdray]` to the terminal as well."""
@@ -152,13 +174,16 @@ class StudyConsole:
     """See the module docstring. `stream`: the terminal (default: the process's stdout)."""
 
     def __init__(self, study: Study, log_path: str, *, verbose: bool = False,
-                 stream: Any = None, every: float = 30.0) -> None:
+                 stream: Any = None, every: float = 30.0, live: bool | None = None) -> None:
         self.study, self.log_path, self.verbose = study, log_path, verbose
         self.progress = Progress(study, every=every)
         self._stream = stream
         self.term: Any = stream or sys.stdout
         self._lock = threading.Lock()
         self._saved: list[Any] = []
+        self._want_live = live  # None: a live status line when the terminal is a TTY
+        self._live: Any = None
+        self._status = ""
 
     # ------------------------------------------------------------ capture
     def __enter__(self) -> StudyConsole:
@@ -185,12 +210,33 @@ class StudyConsole:
         handler = _TermHandler(self)
         logging.getLogger("kdray").addHandler(handler)
         self._saved = [sys.stdout, sys.stderr, saved_fds, log, levels, handler]
-        sys.stdout = _Split(log, self.term, self._lock)
-        sys.stderr = _Split(log, self.term, self._lock)
+        if self._want_live or (self._want_live is None and _isatty(self.term)):
+            self._start_live()
+        sys.stdout = _Split(log, _Lines(self), self._lock)
+        sys.stderr = _Split(log, _Lines(self), self._lock)
+
+    def _start_live(self) -> None:
+        """A rich live region at the bottom of the terminal holding the latest study line; every
+        other line prints above it, as in the plain mode (CI logs get plain lines)."""
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        console = Console(file=self.term, force_terminal=True, soft_wrap=True,
+                          highlight=False)
+        self._live = Live(Text(""), console=console, refresh_per_second=2, transient=True,
+                          redirect_stdout=False, redirect_stderr=False)
+        self._live.start()
 
     def __exit__(self, *exc) -> None:
         global _active
         _active = None
+        if self._live is not None:  # the last study line stays on the terminal
+            self._live.stop()
+            self._live = None
+            if self._status:
+                self.term.write(self._status + "\n")
+                self.term.flush()
         if not self._saved:
             return
         out, err, fds, log, levels, handler = self._saved
@@ -215,8 +261,22 @@ class StudyConsole:
     # ------------------------------------------------------------ output
     def write(self, text: str) -> None:
         with self._lock:
-            self.term.write(text.rstrip("\n") + "\n")
+            self._put(text.rstrip("\n"))
+
+    def _put(self, line: str) -> None:
+        """One terminal line (the caller holds the lock): in live mode a study line replaces the
+        live status, anything else prints above it."""
+        if self._live is None:
+            self.term.write(line + "\n")
             self.term.flush()
+            return
+        from rich.text import Text
+
+        if line.startswith("study  "):
+            self._status = line
+            self._live.update(Text(line))
+        else:
+            self._live.console.print(Text(line))
 
     def lines(self, lines: list[str]) -> None:
         for line in lines:
