@@ -5,6 +5,7 @@ weights. Every row is scored by the FSCIL session runner (prototype classifier, 
 Writes results/m2sd_ablation_<preset>.md.
 
     python studies/m2sd_ablation.py --preset smoke      # generated data, CIFAR-100 shape, CPU
+    python studies/m2sd_ablation.py --preset mini       # CIFAR-10 in FSCIL shape, 3 seeds, <1 h CPU
     python studies/m2sd_ablation.py --preset cifar100   # also mini_imagenet, cub200 (GPU)
 """
 
@@ -25,8 +26,10 @@ def stage1_config(study: Study, preset: str) -> ExperimentConfig:
 def build(preset: str) -> Study:
     common, _, stage2 = P.PRESETS[preset]
     return Study.from_preset(
-        "m2sd_ablation", preset, method="m2sd", overrides={**common, **stage2}, rows=P.ROWS,
-        paper=lambda key, base: P.paper_number(key, base.data.dataset), space=P.SPACE,
+        "m2sd_ablation", preset, method="m2sd", overrides={**common, **stage2},
+        rows=P.rows_for(preset), seeds=P.SEEDS.get(preset, (0,)), claims=P.CLAIMS,
+        paper=lambda key, base: P.paper_number(key, base.data.dataset),
+        space={} if preset == "mini" else P.SPACE,
         budget=P.BUDGET[preset], metric="fscil_avg",
         columns=lambda base: P.columns(protocol_for(base.data).sessions), description=_describe)
 

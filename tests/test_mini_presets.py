@@ -87,3 +87,52 @@ def test_sskd_mini_preset_runs_on_cifar10(shared_data, tmp_path):
     for label, m in metrics.items():
         assert 0.0 <= _finite(m, "test/top1") <= 100.0, (label, m)
     assert metrics["SSKD full (ratio_ss=0.75)"]["train/ss"] > 0   # the SS term is on
+
+
+@pytest.mark.slow
+def test_cskd_mini_preset_runs_on_cifar10(shared_data, tmp_path):
+    mod = load_study("cskd_ablation")
+    P = mod.P
+    study = mod.build("mini")
+    assert study.base.data.dataset == "cifar10" and study.seeds == (0, 1, 2) and not study.space
+    assert [r.label for r in study.rows] == ["DeiT no distillation", "DeiT hard distillation",
+                                             "Cumulative Spatial KD CKF linear"]
+    assert study.claims == (("Cumulative Spatial KD CKF linear", "DeiT hard distillation"),
+                            ("DeiT hard distillation", "DeiT no distillation"))
+    teacher = _short(study.base.override(P.TEACHER["mini"]))
+    preflight(teacher)
+    run_local(teacher, str(tmp_path / "teacher"))
+    study = study.starting_from("model.teacher_ckpt", str(tmp_path / "teacher" / "checkpoint.pt"),
+                                "")
+    metrics = _rows(study, tmp_path)
+    for label, m in metrics.items():
+        assert 0.0 <= _finite(m, "test/top1") <= 100.0, (label, m)
+    assert metrics["Cumulative Spatial KD CKF linear"]["train/cskd"] > 0   # the dense term is on
+
+
+@pytest.mark.slow
+def test_m2sd_mini_preset_runs_on_fscil_cifar10(shared_data, tmp_path):
+    mod = load_study("m2sd_ablation")
+    study = mod.build("mini")
+    assert study.base.data.dataset == "fscil_cifar10" and study.seeds == (0, 1, 2)
+    assert study.base.optim.lr == 1e-3 and not study.space
+    assert [r.label for r in study.rows] == ["prototype baseline (CE continued)",
+                                             "+ mixup branch",
+                                             "+ attention enhancement (full M2SD)"]
+    assert study.claims == (("+ attention enhancement (full M2SD)",
+                             "prototype baseline (CE continued)"),)
+    stage1 = _short(mod.stage1_config(study, "mini"), **{"eval.kind": "none"})
+    preflight(stage1)
+    run_local(stage1, str(tmp_path / "stage1"))
+    study = study.starting_from("train.init_from", str(tmp_path / "stage1" / "checkpoint.pt"), "")
+    assert len(study.validate()) == 9
+    # the FSCIL evaluation reads all 10,000 test images: only the full row is evaluated here
+    for row in study.rows:
+        full = row.label == study.rows[-1].label
+        cfg = _short(study.trial_config({ROW_KEY: row.label}),
+                     **({} if full else {"eval.kind": "none"}))
+        preflight(cfg)
+        res = run_local(cfg, str(tmp_path / row.label.replace(" ", "_")))
+        assert math.isfinite(res.metrics["train/loss"]), (row.label, res.metrics)
+    assert 0.0 <= _finite(res.metrics, "test/fscil_avg") <= 100.0, res.metrics
+    assert res.metrics["train/at"] >= 0 and res.metrics["train/sd"] >= 0  # the FE terms are on

@@ -129,7 +129,11 @@ def carved_val_rows(data: FscilData) -> np.ndarray:
 
 
 class RowsDataset(ImageDataset):
-    """Rows of another ImageDataset (labels kept); used for sessions and the base split."""
+    """Rows of another ImageDataset (labels kept); used for sessions and the base split. Its
+    `classes` are the parent's, so a split holds images of only some of them by design
+    (`partial_classes`: the base split has no session class)."""
+
+    partial_classes = True
 
     def __init__(self, parent: ImageDataset, rows: np.ndarray) -> None:
         self.parent, self.rows = parent, np.asarray(rows, dtype=np.int64)

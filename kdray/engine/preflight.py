@@ -93,6 +93,12 @@ def read_data(cfg: ExperimentConfig) -> None:
         ds.load(0)
         if not detection and ds.classes:
             seen = set(ds.targets)
+            if getattr(ds, "partial_classes", False):  # an FSCIL session split: its own classes
+                want = DATASETS[cfg.data.dataset].num_classes(cfg.data, split)
+                if len(seen) < want:
+                    raise ConfigError(f"{where}: images of {len(seen)} of its {want} classes; "
+                                      "check the data folder or re-extract it")
+                continue
             empty = [c for i, c in enumerate(ds.classes) if i not in seen]
             if empty:
                 raise ConfigError(f"{where}: {len(empty)} class(es) have no images, e.g. "
@@ -137,8 +143,8 @@ def check_weights(cfg: ExperimentConfig) -> None:
     if not isinstance(state, dict) or "model" not in state:
         raise ConfigError(f"train.init_from: {cfg.train.init_from!r} is not a kdray checkpoint "
                           "(a dict with 'model', written by `kdray train` or a study stage)")
-    try:
-        method.load_checkpoint_state(state["model"])
+    try:  # the method's own rule, as training applies it (M2SD keeps its FE module's init)
+        method.init_from_checkpoint(cfg.train.init_from)
     except Exception as e:
         raise ConfigError(f"train.init_from: {cfg.train.init_from!r} does not fit method "
                           f"{cfg.method!r} with model.arch={cfg.model.arch!r}: "

@@ -9,6 +9,15 @@ features, cosine), i.e. M2SD's stage 3.
   60 base + 8 x 5-way 5-shot; 30 train / 6 test images per class), ResNet-20, 32 px, CPU, ~7
   minutes on 2 cores: stage 1 4 x 25 steps of 64 images (~3.5 passes over the base session),
   stage-2 trials 2 x 12 steps of 32 images (lr 1e-2: too few steps for 1e-3 to move anything).
+- `mini`: evidence on real data within an hour on 2 CPU cores: `fscil_cifar10` (the CIFAR-10
+  JPEGs in ../shared/data in the FSCIL protocol shape: 6 base classes, 2 sessions of 2-way
+  5-shot), ResNet-20, 32 px. Stage 1: 4 x 250 steps of 64 images (SGD Nesterov 0.1, ~0.5 pass
+  over the base session), once. Rows prototype baseline / + virtual-class mixing (mixup branch)
+  / full M2SD x seeds 0, 1, 2 (stage-2 seeds; all from the one stage-1 model): 2 x 150 steps of
+  64 at the paper's stage-2 lr 1e-3, cosine (docs/methods/m2sd.md §5.10: 1e-2 was what made the
+  smoke rows lose). No search. What differs from the paper: CIFAR-10 in the CIFAR-100 protocol's
+  shape, a short stage 1 and 300 stage-2 steps instead of 100 + 50 epochs; no paper number fits
+  this setting, so the reference column names CEC's CIFAR-100 numbers, labelled.
 - `cifar100` (ResNet-20, 32 px), `mini_imagenet` (ResNet-18 from scratch, 84 px), `cub200`
   (ImageNet-pretrained ResNet-18, 224 px). Stage 1 = CEC's base training (SGD Nesterov 0.9, lr
   0.1, wd 5e-4, batch 128, 100 epochs, step milestones CIFAR [60, 70], mini [40, 70], CUB
@@ -20,7 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdray.presets import method_space
+from kdray.presets import SHARED_DATA, method_space
 from kdray.search import Budget
 
 _M = "method_cfg."
@@ -36,6 +45,18 @@ SMOKE_STAGE1: dict[str, Any] = {"optim.lr": 0.1, "optim.nesterov": True, "data.b
                                 "train.epochs": 4, "train.steps_per_epoch": 25, "eval.every": 4,
                                 "resources.cpus_per_worker": 2}
 SMOKE_STAGE2: dict[str, Any] = {"optim.lr": 1e-2, "train.epochs": 2, "train.steps_per_epoch": 12}
+
+MINI: dict[str, Any] = {
+    **SMOKE, "data.dataset": "fscil_cifar10", "data.root": str(SHARED_DATA),
+    "data.batch_size": 64, "train.log_every": 50, "resources.cpus_per_worker": 1,
+}
+for _k in ("data.synthetic_classes", "data.synthetic_per_class"):
+    MINI.pop(_k)
+MINI_STAGE1: dict[str, Any] = {"optim.lr": 0.1, "optim.nesterov": True, "train.epochs": 4,
+                               "train.steps_per_epoch": 250, "eval.every": 4,
+                               "resources.cpus_per_worker": 2}
+MINI_STAGE2: dict[str, Any] = {"optim.lr": 1e-3, "optim.schedule": "cosine", "optim.min_lr": 0.0,
+                               "train.epochs": 2, "train.steps_per_epoch": 150}
 
 
 def _paper(dataset: str, arch: str, size: int, milestones: tuple[float, ...],
@@ -59,6 +80,7 @@ def _paper(dataset: str, arch: str, size: int, milestones: tuple[float, ...],
 
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {
     "smoke": (SMOKE, SMOKE_STAGE1, SMOKE_STAGE2),
+    "mini": (MINI, MINI_STAGE1, MINI_STAGE2),
     "cifar100": _paper("fscil_cifar100", "resnet20", 32, (60.0, 70.0), False),
     "mini_imagenet": _paper("fscil_mini_imagenet", "resnet18", 84, (40.0, 70.0), False),
     "cub200": _paper("fscil_cub200", "resnet18", 224, (30.0, 40.0, 60.0, 80.0), True),
@@ -75,6 +97,18 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("+ attention enhancement (full M2SD)", "m2sd", {}),
 )
 
+# the mini tier's rows: the paper's headline comparison (full M2SD > its prototype baseline)
+MINI_ROWS = tuple(r for r in ROWS if r[0] in ("prototype baseline (CE continued)",
+                                              "+ mixup branch",
+                                              "+ attention enhancement (full M2SD)"))
+SEEDS = {"mini": (0, 1, 2)}
+CLAIMS = (("m2sd", "cec"),)  # by paper key: full M2SD > the prototype baseline
+
+
+def rows_for(preset: str) -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    return MINI_ROWS if preset == "mini" else ROWS
+
+
 # Reference numbers (docs/methods/m2sd.md §5.5, [recalled]); M2SD's own table was not retrieved.
 REFERENCE = {
     "fscil_cifar100": {"cec": "CEC Avg 59.53 / PD 23.93", "fact": "FACT Avg 62.24 / PD 22.50"},
@@ -85,7 +119,11 @@ CEC_CIFAR100_SESSIONS = (73.07, 68.88, 65.26, 61.19, 58.09, 55.57, 53.22, 51.34,
 
 
 def paper_number(key: str, dataset: str) -> str:
-    """The reference for a row: CEC beside the prototype baseline, CEC and FACT beside M2SD."""
+    """The reference for a row: CEC beside the prototype baseline, CEC and FACT beside M2SD
+    (fscil_cifar10, the mini tier: CIFAR-100's, labelled C100)."""
+    if dataset == "fscil_cifar10":
+        got = paper_number(key, "fscil_cifar100")
+        return f"C100 {got}" if got else ""
     ref = REFERENCE.get(dataset)
     if ref is None or not key:
         return ""
@@ -104,5 +142,5 @@ def columns(sessions: int) -> tuple[tuple[str, str], ...]:
 # TPE over α and the loss weights (docs/searching.md §6), on top of the full row; the ranges are
 # M2SDConfig.SEARCH's. ASHA's grace period counts stage-2 epochs.
 SPACE = method_space("m2sd", ("alpha", "w_mix", "w_kl", "w_sd", "w_at"))
-BUDGET = {"smoke": Budget(4, 1, 2), "cifar100": Budget(24, 10, 2),
+BUDGET = {"smoke": Budget(4, 1, 2), "mini": Budget(1, 1, 2), "cifar100": Budget(24, 10, 2),
           "mini_imagenet": Budget(24, 10, 2), "cub200": Budget(24, 10, 2)}
