@@ -120,7 +120,9 @@ def test_from_preset_builds_the_hand_built_study():
                            for label, key, over in cskd.ROWS),
                 space=dict(OLD_SPACES["cskd"]), num_samples=4, grace_period=1, reduction_factor=2,
                 columns=(("top-1", "top1"), ("top-5", "top5")),
-                description=load_study("cskd_ablation").build("smoke").description)
+                description=load_study("cskd_ablation").build("smoke").description,
+                claims=(("Cumulative Spatial KD CKF linear", "DeiT hard distillation"),
+                        ("DeiT hard distillation", "DeiT no distillation")))
     assert load_study("cskd_ablation").build("smoke") == old
 
     common, _, stage2 = m2sd.PRESETS["cifar100"]
@@ -132,6 +134,8 @@ def test_from_preset_builds_the_hand_built_study():
     assert new.rows == tuple(Row(label, over, m2sd.paper_number(key, "fscil_cifar100"))
                              for label, key, over in m2sd.ROWS)
     assert "CEC Avg 59.53" in new.description and "resnet20" in new.description
+    assert new.claims == (("+ attention enhancement (full M2SD)",
+                           "prototype baseline (CE continued)"),)
 
 
 def test_a_row_with_its_own_length_is_finished_at_its_own_last_epoch():
