@@ -27,6 +27,13 @@ def _short(cfg: ExperimentConfig, **extra) -> ExperimentConfig:
     return cfg.override({**FEW, **ev, **extra})
 
 
+def _stage(cfg: ExperimentConfig, out: Path) -> str:
+    """A study stage, in-process: checked (preflight) and trained; its checkpoint."""
+    preflight(cfg)
+    run_local(cfg, str(out))
+    return str(out / "checkpoint.pt")
+
+
 def _rows(study, tmp: Path) -> dict[str, dict[str, float]]:
     """Every row x seed config built; every row checked (preflight) and trained 2 steps."""
     configs = study.validate()
@@ -54,10 +61,7 @@ def test_smkd_mini_preset_runs_on_omniglot(shared_data, tmp_path):
     assert study.metric == "acc_20w1s" and not study.space
     phase1 = _short(mod.phase1_config(study, "mini"))
     assert phase1.method_cfg.phase == "ssl"
-    preflight(phase1)
-    run_local(phase1, str(tmp_path / "phase1"))
-    ckpt = str(tmp_path / "phase1" / "checkpoint.pt")
-    study = study.starting_from("train.init_from", ckpt, "")
+    study = study.starting_from("train.init_from", _stage(phase1, tmp_path / "phase1"), "")
     metrics = _rows(study, tmp_path)
     for label, m in metrics.items():
         for way in (5, 20):
@@ -76,13 +80,9 @@ def test_sskd_mini_preset_runs_on_cifar10(shared_data, tmp_path):
     assert [r.label for r in study.rows] == ["CE only", "KD", "SSKD full (ratio_ss=0.75)"]
     t1 = _short(base.override({**P.TEACHER["mini"], "model.arch": base.model.teacher_arch,
                                "model.teacher_arch": ""}))
-    preflight(t1)
-    run_local(t1, str(tmp_path / "t1"))
     t2 = _short(base.override({**P.SS_HEAD["mini"],
-                               "model.teacher_ckpt": str(tmp_path / "t1" / "checkpoint.pt")}))
-    preflight(t2)
-    run_local(t2, str(tmp_path / "t2"))
-    study = study.starting_from("model.teacher_ckpt", str(tmp_path / "t2" / "checkpoint.pt"), "")
+                               "model.teacher_ckpt": _stage(t1, tmp_path / "t1")}))
+    study = study.starting_from("model.teacher_ckpt", _stage(t2, tmp_path / "t2"), "")
     metrics = _rows(study, tmp_path)
     for label, m in metrics.items():
         assert 0.0 <= _finite(m, "test/top1") <= 100.0, (label, m)
@@ -100,10 +100,7 @@ def test_cskd_mini_preset_runs_on_cifar10(shared_data, tmp_path):
     assert study.claims == (("Cumulative Spatial KD CKF linear", "DeiT hard distillation"),
                             ("DeiT hard distillation", "DeiT no distillation"))
     teacher = _short(study.base.override(P.TEACHER["mini"]))
-    preflight(teacher)
-    run_local(teacher, str(tmp_path / "teacher"))
-    study = study.starting_from("model.teacher_ckpt", str(tmp_path / "teacher" / "checkpoint.pt"),
-                                "")
+    study = study.starting_from("model.teacher_ckpt", _stage(teacher, tmp_path / "teacher"), "")
     metrics = _rows(study, tmp_path)
     for label, m in metrics.items():
         assert 0.0 <= _finite(m, "test/top1") <= 100.0, (label, m)
@@ -122,9 +119,7 @@ def test_m2sd_mini_preset_runs_on_fscil_cifar10(shared_data, tmp_path):
     assert study.claims == (("+ attention enhancement (full M2SD)",
                              "prototype baseline (CE continued)"),)
     stage1 = _short(mod.stage1_config(study, "mini"), **{"eval.kind": "none"})
-    preflight(stage1)
-    run_local(stage1, str(tmp_path / "stage1"))
-    study = study.starting_from("train.init_from", str(tmp_path / "stage1" / "checkpoint.pt"), "")
+    study = study.starting_from("train.init_from", _stage(stage1, tmp_path / "stage1"), "")
     assert len(study.validate()) == 9
     # the FSCIL evaluation reads all 10,000 test images: only the full row is evaluated here
     for row in study.rows:

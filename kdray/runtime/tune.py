@@ -160,10 +160,7 @@ def _trial_record(study: Study, phase: str, res, index, trial_id: str | None = N
     m = dict(res.metrics or {})
     params = dict(res.config or {})
     trial_id = trial_id or m.get("trial_id", "")
-    try:  # a row may set its own length (e.g. a compute-matched baseline)
-        epochs = study.trial_config(params).train.epochs
-    except Exception:  # noqa: BLE001 - a record is still written; the base's length then
-        epochs = study.base.train.epochs
+    epochs = study.trial_epochs(params)  # a row may set its own (a compute-matched baseline)
     status = "error" if res.error else ("finished" if m.get("epoch") == epochs else "stopped")
     label = BEST_LABEL if phase == "best" else params.get(ROW_KEY, phase)
     return {"name": trial_name(params, index(trial_id)),

@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kdray.study.spec import BEST_LABEL, Study
-from kdray.study.table import row_delta
+from kdray.study.spec import Study
+from kdray.study.table import finished_groups, row_delta
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PLAIN = re.compile(r"\s*-?\d+(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)*\s*")
@@ -29,20 +29,12 @@ def paper_values(paper: str, n_columns: int) -> list[float | None]:
     return nums if len(nums) == n_columns else [None] * n_columns
 
 
-def _finished_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
-            groups.setdefault(r["label"], []).append(r)
-    return groups
-
-
 def paper_scatter_data(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """(setting, column, paper, ours = mean over finished seeds) wherever a row's paper cell is
     the same setting as ours (`paper_values`); empty when there is none."""
     cols = list(study.columns) or [(study.metric, study.metric)]
     out = []
-    for label, g in _finished_groups(rows).items():
+    for label, g in finished_groups(rows).items():
         for (head, key), p in zip(cols, paper_values(g[0].get("paper", ""), len(cols))):
             ours = _mean([r["metrics"].get(key) for r in g])
             if p is not None and ours is not None:
@@ -88,7 +80,7 @@ def session_data(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"sessions": [t for t, _ in keys], "settings": {}}
     if not keys:
         return out
-    for label, g in _finished_groups(rows).items():
+    for label, g in finished_groups(rows).items():
         out["settings"][label] = [_mean([r["metrics"].get(k) for r in g]) for _, k in keys]
     return out
 
@@ -122,10 +114,7 @@ def ablation_data(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What the chart draws, per column: settings (ablation rows and the val-selected re-run,
     finished trials only), their means, error bars (low, high) in the metric's units, the
     baseline's mean, paper values and which settings were scored on another split."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
-            groups.setdefault(r["label"], []).append(r)
+    groups = finished_groups(rows)
     cols = list(study.columns) or [(study.metric, study.metric)]
     base_label = study.baseline_label
     base = groups.get(base_label or "", [])

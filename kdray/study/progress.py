@@ -89,20 +89,12 @@ class Progress:
         how = "reused" if reused else f"trained in {duration(self.clock() - self.t0)}"
         return self._out([f"[kdray] stage {name} ✓ ({how}){': ' + summary if summary else ''}"])
 
-    def _epochs(self, params: Mapping[str, Any] | None) -> int:
-        """The length of the trial with Tune config `params` (the base's when unknown)."""
-        if params:
-            try:
-                return int(self.study.trial_config(dict(params)).train.epochs)
-            except Exception:  # noqa: S110 - a config Tune added keys to: the base length
-                pass
-        return self.epochs
-
     def start(self, key: str, phase: str, name: str,
               params: Mapping[str, Any] | None = None) -> list[str]:
         now = self.clock()
         if key not in self.trials:
-            self.trials[key] = _Trial(name, phase, now, now, epochs=self._epochs(params))
+            epochs = self.study.trial_epochs(dict(params)) if params else self.epochs
+            self.trials[key] = _Trial(name, phase, now, now, epochs=epochs)
         self.peak = max(self.peak, sum(not t.done for t in self.trials.values()))
         return []
 

@@ -154,6 +154,14 @@ class Study:
             over["seed"] = int(params[SEED_KEY])
         return self.base.override(over)
 
+    def trial_epochs(self, params: dict[str, Any]) -> int:
+        """The length of the trial with Tune config `params` (a row may set its own
+        train.epochs); the base's length when the params do not make a valid config."""
+        try:
+            return int(self.trial_config(dict(params)).train.epochs)
+        except Exception:  # noqa: BLE001 - e.g. keys Tune added: the base's length then
+            return self.base.train.epochs
+
     def starting_from(self, key: str, checkpoint: str, note: str) -> Study:
         """This study with every trial starting from a stage's `checkpoint` (config `key`, e.g.
         train.init_from or model.teacher_ckpt) and `note` appended to the description."""

@@ -155,6 +155,16 @@ def check_notes(checks: list[tuple[str, str]]) -> list[str]:
     return ["", *(notes[k] for _, k in checks)] if checks else []
 
 
+def finished_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The finished trials of each ablation row and of the val-selected re-run, by label, in
+    table order (searched trials left out: their numbers are on val)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
+            groups.setdefault(r["label"], []).append(r)
+    return groups
+
+
 def row_summary(study: Study, rows: list[dict[str, Any]],
                 cols: list[tuple[str, str]]) -> list[str]:
     """Markdown lines of the second table, one line per ablation row over its seeds that ran to
@@ -162,10 +172,7 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
     `study.compared` the Δ vs the baseline row with its 95% interval (`kdray.study.stats`).
     Searched trials and unfinished seeds are left out; empty when the study has no finished
     ablation row."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if (not r["params"] or r["label"] == BEST_LABEL) and r["status"] == "finished":
-            groups.setdefault(r["label"], []).append(r)
+    groups = finished_groups(rows)
     if not groups:
         return []
     base_label = study.baseline_label
@@ -198,10 +205,7 @@ def claim_summary(study: Study, rows: list[dict[str, Any]],
     (CI spans 0, or too few pairs)."""
     if not study.claims:
         return []
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
-        if not r["params"] and r["status"] == "finished":
-            groups.setdefault(r["label"], []).append(r)
+    groups = finished_groups(rows)
     heads = dict((k, h) for h, k in cols)
     compared = [(heads.get(k, k), k) for k in study.compared]
     out = ["", "The paper's claims: paired Δ = first − second, 95% CI (paired as above); holds = "
