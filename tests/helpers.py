@@ -32,3 +32,17 @@ def kill_once(epoch: int, rank: int, marker: str):
         os.kill(os.getpid(), signal.SIGKILL)
 
     return hook
+
+
+def fail_once(epoch: int, marker: str):
+    """An epoch hook that raises a (retryable) OSError once, at the start of `epoch`."""
+    import os
+
+    def hook(ep: int, rk: int) -> None:
+        if ep != epoch or os.path.exists(marker):
+            return
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        raise OSError("injected I/O error")
+
+    return hook

@@ -72,8 +72,9 @@ def test_recorded_events_give_the_expected_lines():
                                         "val/acc_5w1s_ci95": 0.9})
     out += p.complete("x", "search", s)
     out += p.complete("y", "search", "search 01 · w_patch=0.2", error="RuntimeError('boom')")
+    out += p.start("z", "best", "best searched (val-selected) · s0")
     clock.t = 300
-    out += p.tick()  # 115 s, and the state moved since the last study line? no: nothing
+    out += p.tick()  # 115 s; a trial started, but a start that reported nothing is no move
     clock.t = 310
     out += p.tick()  # 4 x 30 s of silence: the study line again
     assert out == [
@@ -97,7 +98,7 @@ def test_recorded_events_give_the_expected_lines():
         # one trial left (best): it runs alone, start-up 45 s + 1 epoch of 5 s
         "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 3m05s elapsed · "
         "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
-        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 0 · 5m10s elapsed · "
+        "study  stages 1 ✓ · grid 2/2 · search 2/2 · best 0/1 · running 1 · 5m10s elapsed · "
         "ETA ~50s · best val/acc_5w1s 27.50 (search 00 · w_patch=1.1)",
     ]
 

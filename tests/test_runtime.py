@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from helpers import kill_once
+from helpers import fail_once, kill_once
 
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.data import DataNotFoundError
@@ -111,6 +111,39 @@ def test_fit_ddp_fault_tolerance_and_mlflow_record(ray_session, tmp_path, synth_
     assert (local / "plots/curves.png").read_bytes()[:4] == b"\x89PNG"
     ckpt = torch.load(local / "checkpoint/checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 3 and "student" in ckpt["model"]
+
+
+def test_one_worker_fit_is_one_process_and_resumes_after_a_kill_or_an_error(
+        ray_session, tmp_path, synth_root):
+    """A one-worker fit runs as one Ray task (no Train controller): its checkpoints are
+    `<run>/checkpoint_<epoch>/`; a task process killed at epoch 2 is restarted by Ray and an
+    I/O error at epoch 1 is retried in the process, each from the last checkpoint, and both end
+    with the uninterrupted run's metrics; the MLflow record counts the attempts."""
+    import mlflow
+
+    from kdray.runtime.driver import fit
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    store = tmp_path / "ray"
+    cfg = small_cfg(synth_root, **{"train.keep_checkpoints": 2})
+    clean = fit(cfg, run_name="clean", storage_path=str(store), tracking_uri=uri)
+    killed = fit(cfg, run_name="killed", storage_path=str(store), tracking_uri=uri,
+                 epoch_hooks=[kill_once(epoch=2, rank=0, marker=str(tmp_path / "killed"))])
+    failed = fit(cfg, run_name="failed", storage_path=str(store), tracking_uri=uri,
+                 epoch_hooks=[fail_once(epoch=1, marker=str(tmp_path / "failed"))])
+    assert (tmp_path / "killed").exists() and (tmp_path / "failed").exists()
+    assert sorted(p.name for p in (store / "clean").glob("checkpoint_*")) == [
+        "checkpoint_000002", "checkpoint_000003"]   # keep_checkpoints=2
+    assert clean.checkpoint_path == str(store / "clean" / "checkpoint_000003")
+    client = mlflow.MlflowClient(uri)
+    for res, attempts in ((clean, "1"), (killed, "2"), (failed, "2")):
+        assert res.metrics["epoch"] == 3
+        for k in ("train/loss", "test/acc_5w1s"):
+            assert res.metrics[k] == pytest.approx(clean.metrics[k], rel=1e-5, abs=1e-6), k
+        run = client.get_run(res.mlflow_run_id)
+        assert run.info.status == "FINISHED" and run.data.tags["kdray.attempts"] == attempts
+        assert "kdray.error" not in run.data.tags   # dropped when the retry started
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")] == [5, 10, 15]
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
 """The driver: `fit(cfg)`, one training run as a Ray Train V2 TorchTrainer with DDP over N
-workers, and `run_stage`, a `fit` that later trials depend on (a teacher, a phase-1 model), run
+workers (one worker with local storage: one Ray task running the same worker body, without
+Train's controller, worker group and process group; docs/runtime.md §13), and `run_stage`, a `fit` that later trials depend on (a teacher, a phase-1 model), run
 once and reused: its checkpoint path and metrics are recorded in `<storage>/stages/<name>.json`."""
 
 from __future__ import annotations
@@ -120,9 +121,13 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
                 "run_key": f"fit/{run_name}" + (f"@{identity}" if identity else ""),
                 "run_name": mlflow_name, "tags": tags}
     ensure_ray(address)
+    from kdray.runtime import interrupts as I
+
+    if one_process(cfg, storage_path):
+        return _fit_one_process(cfg, run_name, storage_path, tracking, epoch_hooks,
+                                raise_on_error, client, exp_id)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
                            epoch_hooks=epoch_hooks)
-    from kdray.runtime import interrupts as I
 
     I.train_interrupted(reset=True)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -148,6 +153,52 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
     ckpt = result.checkpoint.path if result.checkpoint is not None else None
     return RunResult(ret.get("metrics", {}), ret.get("history", []), ret.get("mlflow_run_id"), ckpt,
                      result.error)
+
+
+def one_process(cfg: ExperimentConfig, storage_path: str | None = None) -> bool:
+    """Does this run train in one process (no Train controller, docs/runtime.md §13)? One
+    worker, and for a `fit` local storage (its checkpoints are plain folders)."""
+    return cfg.resources.num_workers == 1 and "://" not in (storage_path or "")
+
+
+def _fit_one_process(cfg: ExperimentConfig, run_name: str, storage_path: str,
+                     tracking: dict[str, Any], epoch_hooks: Sequence[EpochHook],
+                     raise_on_error: bool, client, exp_id: str) -> RunResult:
+    """A one-worker `fit`: one Ray task runs the worker body with checkpoints in
+    `<storage_path>/<run_name>/checkpoint_<epoch>/`. An error that is not deterministic is
+    retried inside the task, a lost task process by Ray, each `resources.max_failures` times,
+    from the newest checkpoint; re-running the same name resumes there too. Ctrl-C cancels the
+    task and closes the run's record as interrupted."""
+    import ray
+
+    from kdray.runtime import interrupts as I
+    from kdray.runtime.worker import train_fn_local
+
+    r = cfg.resources
+    config: dict[str, Any] = {"cfg": cfg.to_dict(), "tracking": tracking, "run_name": run_name,
+                              "storage_path": storage_path}
+    if epoch_hooks:
+        config["epoch_hooks"] = list(epoch_hooks)
+    task = ray.remote(train_fn_local).options(
+        num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_retries=r.max_failures,
+        retry_exceptions=False, name=f"kdray-fit-{run_name}")
+    ref = task.remote(config, os.path.join(storage_path, run_name), cfg.train.keep_checkpoints)
+    try:
+        ret = ray.get(ref)
+    except KeyboardInterrupt:
+        print("\n[kdray] Ctrl-C: stopping this training run; its last checkpoint is kept and "
+              "the same command continues it.", flush=True)
+        ray.cancel(ref, force=True)
+        closed = I.close_interrupted_run(client, exp_id, tracking["run_key"])
+        raise I.RunInterrupted(f"run {run_name!r} stopped by Ctrl-C (MLflow run "
+                               f"{', '.join(closed) or 'not started'} marked interrupted); "
+                               "the same command continues it from its last checkpoint") from None
+    except Exception as e:  # the run's MLflow record is already marked
+        if raise_on_error:
+            raise
+        return RunResult({}, [], None, None, error=e)
+    return RunResult(ret.get("metrics", {}), ret.get("history", []), ret.get("mlflow_run_id"),
+                     ret.get("checkpoint_path"))
 
 
 RUN_RECORD = "kdray_run.json"  # in the Ray run folder: the config and identity of the run

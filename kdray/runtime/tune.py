@@ -31,7 +31,7 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
     def run_trial(params: dict[str, Any]) -> None:
         from ray import tune
 
-        from kdray.runtime.driver import make_trainer
+        from kdray.runtime.driver import make_trainer, one_process
         from kdray.study.progress import run_name, run_tags, trial_index
 
         ctx = tune.get_context()
@@ -40,11 +40,36 @@ def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, 
         tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}",
                   run_name=run_name(phase, params, trial_index(name)),
                   tags=run_tags(phase, params, cfg))
-        make_trainer(cfg, run_name=f"{study.name}-{phase}-{ctx.get_trial_id()}",
-                     storage_path=storage_path, tracking=tr, in_tune=True).fit()
+        train_name = f"{study.name}-{phase}-{ctx.get_trial_id()}"
+        config = {"cfg": cfg.to_dict(), "tracking": tr, "run_name": train_name,
+                  "storage_path": storage_path}
+        if one_process(cfg):  # the worker body itself, in this trial (docs/runtime.md §13)
+            from kdray.runtime.worker import train_fn_single
+
+            train_fn_single(config)
+        else:                 # a DDP TorchTrainer driven from this trial
+            make_trainer(cfg, run_name=train_name, storage_path=storage_path, tracking=tr,
+                         in_tune=True).fit()
         log.info("trial %s finished", name)
 
     return run_trial
+
+
+def _trial_resources(study: Study, slot: bool):
+    """What one trial holds: a one-worker trial trains itself, so it holds its worker's CPUs and
+    GPUs; a DDP trial only drives its TorchTrainer (no CPU, the custom slot on clusters, §P3)."""
+    from kdray.runtime.driver import one_process
+
+    def resources(params: dict[str, Any]) -> dict[str, float]:
+        cfg = study.trial_config(params)
+        r = cfg.resources
+        if one_process(cfg):
+            return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
+        if slot:
+            return {"cpu": 0, TRIAL_SLOT: 1}
+        return {"cpu": 0, "memory": 256 * 1024**2}
+
+    return resources
 
 
 def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_samples: int,
@@ -67,10 +92,9 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
             return []
         guard.start_phase(phase)
 
-    trial_res: dict[str, float] = {"cpu": 0, "memory": 256 * 1024**2}  # docs/runtime.md §P3
-    if ray.cluster_resources().get(TRIAL_SLOT, 0) > 0:
-        trial_res = {"cpu": 0, TRIAL_SLOT: 1}
-    trainable = tune.with_resources(_trainable(study, phase, storage_path, tracking), trial_res)
+    slot = ray.cluster_resources().get(TRIAL_SLOT, 0) > 0
+    trainable = tune.with_resources(_trainable(study, phase, storage_path, tracking),
+                                    _trial_resources(study, slot))
     seen: dict[str, int] = {}
 
     def index(trial_id: str) -> int:
@@ -144,9 +168,14 @@ def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, i
                               reduction_factor=study.reduction_factor)
     r = study.base.resources
     slots = cluster_slots(r.num_workers * r.cpus_per_worker, r.num_workers * r.gpus_per_worker)
+    # a finished one-worker trial leaves its process (torch, kdray and the data imported) to the
+    # next trial; not under ASHA, which may stop a trial mid-epoch (docs/runtime.md §13)
+    from kdray.runtime.driver import one_process
+
+    reuse = one_process(study.base) and sched is None
     return tune.TuneConfig(
         metric=study.select_key if ranked else None, mode=study.mode if ranked else None,
-        search_alg=search_alg, scheduler=sched,
+        search_alg=search_alg, scheduler=sched, reuse_actors=reuse,
         num_samples=num_samples, max_concurrent_trials=slots,
         trial_name_creator=lambda t: trial_name(t.config, index(t.trial_id)),
         trial_dirname_creator=lambda t: trial_name(t.config, index(t.trial_id)))

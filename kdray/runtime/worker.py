@@ -1,18 +1,30 @@
-"""Ray Train worker: rebuilds the config, runs the engine, reports per epoch, logs rank-0 MLflow.
+"""The training process of a run: rebuilds the config, runs the engine, reports per epoch, logs
+rank-0 MLflow.
 
-The only file that sees `ray.train` inside a worker. It knows no method or task by name: the
-evaluator's tables reach MLflow through `TrialTracker.log_eval`.
+One body (`_run`) behind three entry points that differ only in their session (rank, the
+checkpoint to resume from, where a report goes, the device; docs/runtime.md §13):
+
+* `train_fn_per_worker`: one rank of a Ray Train TorchTrainer (DDP, N workers);
+* `train_fn_single`: a whole one-worker run inside its Tune trial (no Train controller, worker
+  group or process group), reports and checkpoints through Tune;
+* `train_fn_local`: a whole one-worker `fit`, run as one Ray task, checkpoints as
+  `<run folder>/checkpoint_<epoch>/`.
+
+The one-process entry points retry a failure that is not deterministic (`interrupts.py`) in the
+same process from the last checkpoint, `resources.max_failures` times, as Train's controller
+would. The only file that sees `ray.train` / `ray.tune` inside a worker. It knows no method or
+task by name: the evaluator's tables reach MLflow through `TrialTracker.log_eval`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from typing import Any
 
 import ray
-import ray.train
 import torch
 
 from kdray.checkpoint import CKPT_NAME, load_checkpoint, save_checkpoint
@@ -20,22 +32,174 @@ from kdray.config import ExperimentConfig
 from kdray.dist import all_gather_object
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
-from kdray.runtime.interrupts import count_attempt, record_failure
+from kdray.runtime.interrupts import DeterministicError, count_attempt, record_failure
 from kdray.runtime.tracking import TrialTracker, epoch_metrics, step_metrics
 
 log = logging.getLogger(__name__)
 
 
+class _TrainSession:
+    """A Ray Train worker: rank and world from Train's context, Train checkpoints."""
+
+    def __init__(self) -> None:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+
+    def checkpoint(self) -> str | None:
+        """A folder holding the checkpoint to resume from (copied locally), else None."""
+        import ray.train
+
+        ckpt = ray.train.get_checkpoint()
+        return None if ckpt is None else ckpt.to_directory()
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        import ray.train
+
+        ckpt = None if ckpt_dir is None else ray.train.Checkpoint.from_directory(ckpt_dir)
+        ray.train.report(metrics, checkpoint=ckpt)
+
+    def device(self, cfg: ExperimentConfig) -> torch.device:
+        if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
+            import ray.train.torch
+
+            return ray.train.torch.get_device()
+        return torch.device("cpu")
+
+
+def _log_to_stderr() -> None:
+    """kdray's INFO lines (`epoch i/n ...`) on this process's stderr, which Ray forwards to the
+    driver (a study's stage echo reads them there) — as Ray Train sets up for its workers; a
+    plain Ray task or Tune trial logs only warnings. Once per process."""
+    logger = logging.getLogger("kdray")
+    if any(getattr(h, "_kdray_worker", False) for h in logger.handlers):
+        return
+    import sys
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._kdray_worker = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+class _OneProcess:
+    """Rank 0 of 1, the whole run in this process. After a failure in this process the run
+    resumes from the last checkpoint it saved (`retry_from`)."""
+
+    rank, world = 0, 1
+
+    def __init__(self) -> None:
+        self.retry_from: str | None = None
+        _log_to_stderr()
+
+    def device(self, cfg: ExperimentConfig) -> torch.device:
+        if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
+            return torch.device("cuda", 0)   # Ray sets CUDA_VISIBLE_DEVICES to this run's GPU
+        return torch.device("cpu")
+
+
+class _TuneSession(_OneProcess):
+    """A one-worker Tune trial: reports and checkpoints through Tune (which persists them and
+    restores the trial from the last one after a preempted node)."""
+
+    def checkpoint(self) -> str | None:
+        if self.retry_from:
+            return self.retry_from
+        from ray import tune
+
+        ckpt = tune.get_checkpoint()
+        return None if ckpt is None else ckpt.to_directory()
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        from ray import tune
+
+        ckpt = None if ckpt_dir is None else tune.Checkpoint.from_directory(ckpt_dir)
+        tune.report(metrics, checkpoint=ckpt)
+
+
+class _FileSession(_OneProcess):
+    """A one-worker `fit` run as a Ray task: checkpoints as `<run_dir>/checkpoint_<epoch>/`
+    (the newest `keep` kept); a start, a retry or a re-run resumes from the newest."""
+
+    def __init__(self, run_dir: str, keep: int) -> None:
+        super().__init__()
+        self.run_dir, self.keep = run_dir, max(1, keep)
+        os.makedirs(run_dir, exist_ok=True)
+
+    def saved(self) -> list[str]:
+        names = sorted(n for n in os.listdir(self.run_dir)
+                       if n.startswith("checkpoint_") and n[len("checkpoint_"):].isdigit())
+        return [os.path.join(self.run_dir, n) for n in names]
+
+    def checkpoint(self) -> str | None:
+        saved = self.saved()
+        return saved[-1] if saved else None
+
+    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
+        if ckpt_dir is None:
+            return
+        dest = os.path.join(self.run_dir, f"checkpoint_{int(metrics['epoch']):06d}")
+        tmp = dest + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(ckpt_dir, tmp)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)   # a crash mid-copy never leaves a half checkpoint to resume from
+        for old in self.saved()[:-self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """One DDP worker of a run: `config` holds the config dict, the MLflow coordinates
     (`tracking`), `run_name`, `storage_path` and optional `epoch_hooks` (`hook(epoch, rank)`)."""
+    return _run(config, _TrainSession())
+
+
+def train_fn_single(config: dict[str, Any]) -> dict[str, Any]:
+    """The whole run in this process: a one-worker Tune trial. `config` as for
+    `train_fn_per_worker`."""
+    return _with_retries(config, _TuneSession())
+
+
+def train_fn_local(config: dict[str, Any], run_dir: str, keep: int) -> dict[str, Any]:
+    """The whole run in this process, checkpoints under `run_dir` (a one-worker `fit`); the
+    result also names the newest checkpoint folder (`checkpoint_path`)."""
+    session = _FileSession(run_dir, keep)
+    out = _with_retries(config, session)
+    return {**out, "checkpoint_path": session.checkpoint()}
+
+
+def _with_retries(config: dict[str, Any], session: _OneProcess) -> dict[str, Any]:
+    """`_run`, again from the last saved checkpoint after an error that is not deterministic, up
+    to `resources.max_failures` times (what Train's controller does for a DDP run). A lost
+    process is not seen here: a `fit` task is restarted by Ray, a trial by Tune."""
+    retries = ExperimentConfig.from_dict(config["cfg"]).resources.max_failures
+    for attempt in range(retries + 1):
+        reporter: list[_Reporter] = []
+        try:
+            return _run(config, session, reporter)
+        except DeterministicError:
+            raise
+        except Exception as e:
+            if attempt == retries:
+                raise
+            saved = reporter[0].saved_dir() if reporter else None
+            session.retry_from = saved or session.retry_from
+            log.warning("run %s failed (%s: %s); retry %d of %d from %s", config.get("run_name"),
+                        type(e).__name__, e, attempt + 1, retries,
+                        session.retry_from or "the start")
+    raise AssertionError("unreachable")
+
+
+def _run(config: dict[str, Any], session, reporter_out: list | None = None) -> dict[str, Any]:
     cfg = ExperimentConfig.from_dict(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
     torch.set_num_threads(max(1, cfg.resources.cpus_per_worker))
     tracker = _tracker(config, rank)
     count_attempt(tracker)
-    resume = _resume_state(rank)
+    resume = _resume_state(session.checkpoint(), rank)
     if resume is None:
         tracker.log_params(cfg.flatten())
         tracker.log_dict_json(cfg.to_dict(), "config.json")
@@ -43,7 +207,9 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         tracker.log_environment({"world_size": world, "storage": config.get("storage_path"),
                                  "node_ids": all_gather_object(node)})
     tracker.set_tag("kdray.status", "running")
-    run = _Reporter(config, tracker, rank, resume)
+    run = _Reporter(config, tracker, session, resume)
+    if reporter_out is not None:
+        reporter_out.append(run)
     if resume is not None and resume["epoch"] >= cfg.train.epochs:
         return run.report_finished(resume)
     hooks = list(config.get("epoch_hooks") or ())
@@ -51,7 +217,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                           on_epoch_end=run.on_epoch_end,
                           on_epoch_start=lambda ep: [h(ep, rank) for h in hooks])
     try:
-        result = train(cfg, callbacks=callbacks, resume=resume, device=_device(cfg))
+        result = train(cfg, callbacks=callbacks, resume=resume, device=session.device(cfg))
     except KeyboardInterrupt:
         tracker.set_tag("kdray.status", "interrupted")
         tracker.set_terminated("KILLED")
@@ -61,6 +227,8 @@ def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if err is e:
             raise
         raise err from e
+    except SystemExit:   # Tune ends a stopped trial's thread; its record is closed by the study
+        raise
     except BaseException:
         tracker.set_tag("kdray.status", "failed")
         tracker.set_terminated("FAILED")
@@ -77,33 +245,31 @@ def _tracker(config: dict[str, Any], rank: int) -> TrialTracker:
                         enabled=rank == 0 and bool(tr.get("uri")), tags=tr.get("tags"))
 
 
-def _resume_state(rank: int) -> dict[str, Any] | None:
-    """The state of the run's last checkpoint after a restart, else None."""
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None:
+def _resume_state(folder: str | None, rank: int) -> dict[str, Any] | None:
+    """The state in checkpoint folder `folder` (the run's last checkpoint after a restart),
+    else None."""
+    if folder is None:
         return None
-    with ckpt.as_directory() as d:
-        state = load_checkpoint(os.path.join(d, CKPT_NAME))
-    log.info("rank %d resuming from %s at epoch %d", rank, ckpt.path, state["epoch"])
+    state = load_checkpoint(os.path.join(folder, CKPT_NAME))
+    log.info("rank %d resuming from %s at epoch %d", rank, folder, state["epoch"])
     return state
-
-
-def _device(cfg: ExperimentConfig) -> torch.device:
-    if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
-        return ray.train.torch.get_device()
-    return torch.device("cpu")
 
 
 class _Reporter:
     """Per-epoch reporting of one worker: metrics, eval tables and checkpoints (rank 0) to MLflow
-    and Ray, one `ray.train.report` per epoch on every rank (Ray's report is a barrier)."""
+    and Ray, one report per epoch on every rank (Ray Train's report is a barrier)."""
 
-    def __init__(self, config: dict[str, Any], tracker: TrialTracker, rank: int,
+    def __init__(self, config: dict[str, Any], tracker: TrialTracker, session,
                  resume: dict[str, Any] | None) -> None:
-        self.config, self.tracker, self.rank = config, tracker, rank
+        self.config, self.tracker, self.session = config, tracker, session
+        self.rank = session.rank
         self.history: list[dict] = list(resume.get("history", [])) if resume else []
         self.ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
         self.records: dict[str, list[dict]] = {}
+
+    def saved_dir(self) -> str | None:
+        """The folder of the last checkpoint this worker saved (complete: saves are atomic)."""
+        return self.ckpt_dir if os.path.isfile(os.path.join(self.ckpt_dir, CKPT_NAME)) else None
 
     def finish(self) -> None:
         """Everything final is recorded before the last report: once Tune has seen the last
@@ -122,7 +288,7 @@ class _Reporter:
 
     def on_epoch_end(self, e: EpochEnd) -> None:
         self.history.append(e.metrics)
-        checkpoint = None
+        ckpt_dir = None
         if self.rank == 0:
             self.tracker.log_metrics(epoch_metrics(e.metrics), step=e.step or e.epoch + 1)
             if e.records:
@@ -130,10 +296,10 @@ class _Reporter:
                 self.tracker.log_eval(e.records, {k: v for k, v in e.metrics.items()
                                                   if k.startswith(("val/", "test/"))}, e.epoch + 1)
             save_checkpoint(e.make_state(), self.ckpt_dir)
-            checkpoint = ray.train.Checkpoint.from_directory(self.ckpt_dir)
+            ckpt_dir = self.ckpt_dir
             if e.is_last:
                 self.finish()
-        ray.train.report({k: v for k, v in e.metrics.items()}, checkpoint=checkpoint)
+        self.session.report(dict(e.metrics), ckpt_dir)
 
     def report_finished(self, resume: dict[str, Any]) -> dict[str, Any]:
         """The run had finished, but its last report was not consumed before the interruption
@@ -141,6 +307,6 @@ class _Reporter:
         if self.rank == 0:
             save_checkpoint(resume, self.ckpt_dir)
             self.finish()
-        ray.train.report(dict(self.history[-1]), checkpoint=None)
+        self.session.report(dict(self.history[-1]), None)
         return {"metrics": self.history[-1], "mlflow_run_id": self.tracker.run_id,
                 "history": self.history}

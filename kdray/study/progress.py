@@ -155,7 +155,8 @@ class Progress:
 
     def tick(self) -> list[str]:
         """A study line when nothing was printed for `every` seconds; when only the clock moved
-        since the last study line, every 4 x `every` seconds."""
+        since the last study line (a trial that started but has not reported yet is no move),
+        every 4 x `every` seconds."""
         now = self.clock()
         if now - self.last_line < self.every:
             return []
@@ -165,7 +166,8 @@ class Progress:
 
     # ------------------------------------------------------------------ lines
     def _state(self) -> tuple:
-        return tuple((t.phase, t.epoch, t.done) for t in self.trials.values())
+        return tuple((t.phase, t.epoch, t.done) for t in self.trials.values()
+                     if t.epoch or t.done)
 
     def study_line(self) -> str:
         self.last_state = self._state()
