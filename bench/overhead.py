@@ -112,7 +112,7 @@ def timed_study(root: str, tmp: str, uri: str, workers: int, trials: int, tag: s
     from kdray.study import Row, Study
 
     base = job(root, 5, 1, workers)
-    study = Study(name=f"bench_overhead_{tag}", base=base, metric="train/loss", mode="min",
+    study = Study(name=f"bench_overhead_{tag}", base=base, metric="loss", mode="min",
                   rows=tuple(Row(f"r{i}", {"seed": i}) for i in range(trials)), search="grid")
     clock = trial_clock()
     t0 = time.time()
@@ -184,14 +184,6 @@ def main() -> None:
         for w in (1, 2):
             runs[f"fit {w} worker" + ("s" if w > 1 else "")].append(
                 timed_fit(fit, job(root, a.steps, a.epochs, w), f"bench-{w}w-r{r}", tmp, uri))
-    studies: dict[int, list[dict]] = {1: [], 2: []}
-    for r in range(0 if a.no_study else a.rounds):
-        for w in (1, 2):
-            studies[w].append(timed_study(root, tmp, uri, w, a.trials, f"{w}w_r{r}"))
-
-    import ray
-
-    ray.shutdown()
     n = a.rounds
     if not a.no_fit:
         print(f"\n=== kdray overhead (CPU, conv4, 32 px, global batch 64, {a.steps} steps x "
@@ -208,6 +200,14 @@ def main() -> None:
                   f"{mm([x['until_process'] for x in xs], '{:.1f}')}, inside it before epoch 0 "
                   f"{mm([x['in_process'] for x in xs], '{:.1f}')}) + end "
                   f"{mm([x['end'] for x in xs], '{:.1f}')} s")
+    studies: dict[int, list[dict]] = {1: [], 2: []}
+    for r in range(0 if a.no_study else a.rounds):
+        for w in (1, 2):
+            studies[w].append(timed_study(root, tmp, uri, w, a.trials, f"{w}w_r{r}"))
+
+    import ray
+
+    ray.shutdown()
     if not a.no_study:
         print(f"\n=== study trials ({a.trials} trials of 5 steps, 1 epoch), min / median over "
               f"{n} interleaved rounds ===")
