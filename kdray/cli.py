@@ -96,7 +96,7 @@ _HINTS = {"NonFiniteLossError": "lower optim.lr, check train.init_from and the d
 def _training_failed(name: str, error: BaseException) -> int:
     """A run whose training failed (Ray Train's error wraps the worker's): one paragraph with
     the worker's error and where its record is; exit 1 (`--debug` shows the traceback)."""
-    from kdray.runtime.interrupts import reason
+    from kdray.runtime.failures import reason
 
     why = reason(error)
     hint = next((h for k, h in _HINTS.items() if why.startswith(k)), "")

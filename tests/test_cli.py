@@ -136,7 +136,7 @@ def test_train_that_fails_in_its_worker_is_one_paragraph_and_exit_1(capsys, monk
     """A worker error reaches `kdray train` wrapped by Ray Train: the CLI prints the worker's error
     type and message, where the record is and what to try; exit 1, no traceback."""
     from kdray.runtime import driver
-    from kdray.runtime.interrupts import DeterministicError
+    from kdray.runtime.failures import DeterministicError
 
     wrapped = RuntimeError("Training failed due to worker errors")  # as Train's WorkerGroupError
     wrapped.worker_failures = {0: DeterministicError(

@@ -217,7 +217,7 @@ def test_which_errors_are_deterministic_and_their_reasons():
 
     from kdray.checks import ConfigError
     from kdray.engine.loop import NonFiniteLossError
-    from kdray.runtime.interrupts import DeterministicError, is_deterministic, reason
+    from kdray.runtime.failures import DeterministicError, is_deterministic, reason
 
     yes = [NonFiniteLossError("non-finite loss at epoch 0"), ConfigError("data.batch_size"),
            ValueError("bad"), KeyError("x"), RuntimeError("mat1 and mat2 shapes cannot be "

@@ -184,7 +184,7 @@ def _tune_config(study: Study, search: str, num_samples: int, scheduler: bool, i
 def _trial_record(study: Study, phase: str, res, index, trial_id: str | None = None
                   ) -> dict[str, Any]:
     """A Tune result as the plain dict the results table and best.json are made from."""
-    from kdray.runtime.interrupts import reason
+    from kdray.runtime.failures import reason
 
     m = dict(res.metrics or {})
     params = dict(res.config or {})

@@ -10,7 +10,7 @@ checkpoint to resume from, where a report goes, the device; docs/runtime.md §13
 * `train_fn_local`: a whole one-worker `fit`, run as one Ray task, checkpoints as
   `<run folder>/checkpoint_<epoch>/`.
 
-The one-process entry points retry a failure that is not deterministic (`interrupts.py`) in the
+The one-process entry points retry a failure that is not deterministic (`failures.py`) in the
 same process from the last checkpoint, `resources.max_failures` times, as Train's controller
 would. The only file that sees `ray.train` / `ray.tune` inside a worker. It knows no method or
 task by name: the evaluator's tables reach MLflow through `TrialTracker.log_eval`.
@@ -32,7 +32,7 @@ from kdray.config import ExperimentConfig
 from kdray.dist import all_gather_object
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
-from kdray.runtime.interrupts import DeterministicError, count_attempt, record_failure
+from kdray.runtime.failures import DeterministicError, count_attempt, record_failure
 from kdray.runtime.tracking import TrialTracker, epoch_metrics, step_metrics
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def _run(config: dict[str, Any], session, reporter_out: list | None = None) -> d
         tracker.set_tag("kdray.status", "interrupted")
         tracker.set_terminated("KILLED")
         raise
-    except Exception as e:  # recorded; a deterministic error is not retried (interrupts.py)
+    except Exception as e:  # recorded; a deterministic error is not retried (failures.py)
         err = record_failure(tracker, e, rank)
         if err is e:
             raise
