@@ -71,7 +71,8 @@ def cmd_train(args) -> int:
         res = run_local(cfg, args.out)
         print(json.dumps({"metrics": res.metrics, "checkpoint": args.out}, indent=2))
         return 0
-    from kdray.runtime.driver import fit, unique_run_name
+    from kdray.runtime.driver import fit
+    from kdray.runtime.run_identity import unique_run_name
 
     # an unnamed run gets a name of its own: a name resumes that run (and only its config)
     name = args.name or (cfg.name if cfg.name != "run" else unique_run_name(cfg))

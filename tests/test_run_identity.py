@@ -11,7 +11,7 @@ import yaml
 
 from kdray.checks import ConfigError, check_range
 from kdray.config import ExperimentConfig
-from kdray.runtime.driver import RUN_RECORD, claim_run, unique_run_name
+from kdray.runtime.run_identity import RUN_RECORD, claim_run, unique_run_name
 
 
 def test_unnamed_runs_get_distinct_names() -> None:
