@@ -7,6 +7,8 @@ import copy
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -197,9 +199,37 @@ def _live_in_sessions(sids) -> list[int]:
     return found
 
 
+# The cluster tests run in a process of their own: a driver that joined the token-auth cluster
+# keeps its auth mode and token in-process (Ray's core worker), so a failure halfway used to
+# leave every later in-process `ray.init(address="local")` of the session failing with
+# InvalidAuthToken. The bodies below are collected only inside that process.
+_OWN_PROCESS = os.environ.get("KDRAY_TEST_OWN_PROCESS") == "1"
+
+
+def _run_in_own_process(test: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                          f"{__file__}::{test}"], env={**os.environ, "KDRAY_TEST_OWN_PROCESS": "1"},
+                         capture_output=True, text=True, timeout=900)
+    print(res.stdout[-2000:])
+    assert res.returncode == 0, res.stdout[-6000:] + res.stderr[-3000:]
+    assert "1 passed" in res.stdout, res.stdout[-3000:]
+
+
 @pytest.mark.slow
-def test_local_two_node_cluster_runs_a_task_on_each_node_and_cleans_up(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_local_two_node_cluster_in_its_own_process() -> None:
+    """`_two_node_cluster_body` in a fresh Python process (see `_OWN_PROCESS`)."""
+    _run_in_own_process("test_two_node_cluster_body")
+
+
+@pytest.mark.slow
+def test_failed_worker_start_in_its_own_process() -> None:
+    """`_failed_worker_start_body` in a fresh Python process (see `_OWN_PROCESS`)."""
+    _run_in_own_process("test_failed_worker_start_body")
+
+
+def _two_node_cluster_body(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The local 2-raylet cluster forms, runs a task on each node, and stops every process it
+    started."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -255,8 +285,8 @@ def test_local_two_node_cluster_runs_a_task_on_each_node_and_cleans_up(
     assert "RAY_AUTH_TOKEN" not in os.environ and "RAY_ADDRESS" not in os.environ
 
 
-@pytest.mark.slow
-def test_failed_worker_start_stops_the_head(monkeypatch: pytest.MonkeyPatch) -> None:
+def _failed_worker_start_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker node that fails to start stops the head it joined (nothing left running)."""
     real_start = cluster_mod._ray_start
     calls: list[tuple[int, list[str]]] = []
 
@@ -276,3 +306,8 @@ def test_failed_worker_start_stops_the_head(monkeypatch: pytest.MonkeyPatch) -> 
     temp_dir = Path(next(a for a in calls[0][1] if a.startswith("--temp-dir=")).split("=", 1)[1])
     assert _live_in_sessions(sids) == []
     assert not temp_dir.exists()
+
+
+if _OWN_PROCESS:  # collected only in the process `_run_in_own_process` starts
+    test_two_node_cluster_body = _two_node_cluster_body
+    test_failed_worker_start_body = _failed_worker_start_body
