@@ -197,7 +197,8 @@ def _run(build, args, before):
     from dataclasses import replace
 
     from kdray.runtime.console import StudyConsole, console_log_path
-    from kdray.runtime.tune import check_study, run_study
+    from kdray.runtime.session import check_study
+    from kdray.runtime.tune import run_study
 
     study = build(args.preset)
     over = parse_overrides(args.set)

@@ -1,11 +1,17 @@
-"""Ray session handling and pre-flight checks shared by `fit` and `run_study`."""
+"""Ray session handling and pre-flight checks shared by `fit` and `run_study` (`check_study`: a
+whole study checked before Ray starts)."""
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from kdray.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from kdray.study.spec import Study
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +107,29 @@ def cluster_slots(cpus_per_trial: float, gpus_per_trial: float) -> int:
     if cpus_per_trial > 0:
         return max(1, int(res.get("CPU", 1) // cpus_per_trial))
     return 1
+
+
+def check_study(study: Study, search_row: str | None = None, *, address: str | None = None,
+                storage_path: str | None = None, tracking_uri: str | None = None,
+                results_dir: str | None = None, stages_pending: bool = False) -> Study:
+    """The study with absolute paths, after every config it can run (rows x seeds, the search
+    space's corners) was built and pre-flighted (kdray.engine.preflight, once per distinct
+    config) and its storage, results and tracking locations were checked; no Ray here.
+    `stages_pending`: its stages have not run yet (see `preflight`)."""
+    from kdray.checks import ConfigError
+    from kdray.engine.preflight import check_locations
+    from kdray.runtime.mlflow_store import default_tracking_uri
+
+    if not study.seeds:
+        raise ConfigError(f"study {study.name}: no seeds; pass --seeds, e.g. 0,1,2")
+    study = replace(study, base=resolve_paths(study.base))
+    seen = set()
+    for c in study.validate(search_row):
+        c = resolve_paths(c)
+        key = (c.method, c.data, c.model, c.train.init_from, c.resources, c.eval)
+        if key not in seen:
+            seen.add(key)
+            preflight(c, address=address, stages_pending=stages_pending)
+    check_locations(storage_path=storage_path, results_dir=results_dir,
+                    tracking_uri=tracking_uri or default_tracking_uri())
+    return study

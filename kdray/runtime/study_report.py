@@ -220,3 +220,22 @@ def search_report(study: Study, client, parent: str, searched: list[dict], resul
     except Exception:
         log.exception("search report failed")
         return dict(header or {})
+
+
+WALL_TAG = "kdray.wall_s"  # the study's wall time over all its runs (resumes add theirs)
+
+
+def wall_time(client, parent: str, elapsed: float, resume: bool) -> str:
+    """The header's wall time: this run's (from before its stages, when the script says when it
+    started), added to what earlier runs of a resumed study took (the parent's tag; for a study
+    run before the tag existed, its parent run's first start to end)."""
+    run = client.get_run(parent)
+    prev = float(run.data.tags.get(WALL_TAG, 0) or 0)
+    if resume and not prev and run.info.end_time and run.info.start_time:
+        prev = max(0.0, (run.info.end_time - run.info.start_time) / 1000)
+    total = prev + elapsed
+    client.set_tag(parent, WALL_TAG, f"{total:.0f}")
+    if resume and prev:
+        return (f"{total:.0f} s in all ({prev:.0f} s before the resume, {elapsed:.0f} s in the "
+                "resumed run)")
+    return f"{elapsed:.0f} s" + (" (resumed run)" if resume else "")

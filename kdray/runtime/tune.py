@@ -217,7 +217,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     """
     from kdray.runtime import interrupts as I
     from kdray.runtime import study_report as R
-    from kdray.runtime.session import ensure_ray
+    from kdray.runtime.session import check_study, ensure_ray
 
     storage_path = storage_path or os.environ.get("KDRAY_STORAGE_PATH") or os.path.abspath(
         "ray_results")
@@ -241,7 +241,7 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
                                      {k: to_tune(d) for k, d in study.space.items()}, osetup,
                                      header)
         I.close_runs(client, exp_id, parent, trials)
-        info = {"wall time": _wall_time(client, parent, time.time() - t0, resume),
+        info = {"wall time": R.wall_time(client, parent, time.time() - t0, resume),
                 "MLflow parent run": f"`{parent}` ({R.portable_uri(tracking['uri'])})",
                 **(header or {})}
         if guard.interrupted:
@@ -253,25 +253,6 @@ def run_study(study: Study, *, address: str | None = None, storage_path: str | N
     if guard.interrupted:
         raise I.StudyInterrupted(guard.phase, path)
     return StudyResult(rows, parent, path, best)
-
-
-WALL_TAG = "kdray.wall_s"  # the study's wall time over all its runs (resumes add theirs)
-
-
-def _wall_time(client, parent: str, elapsed: float, resume: bool) -> str:
-    """The header's wall time: this run's (from before its stages, when the script says when it
-    started), added to what earlier runs of a resumed study took (the parent's tag; for a study
-    run before the tag existed, its parent run's first start to end)."""
-    run = client.get_run(parent)
-    prev = float(run.data.tags.get(WALL_TAG, 0) or 0)
-    if resume and not prev and run.info.end_time and run.info.start_time:
-        prev = max(0.0, (run.info.end_time - run.info.start_time) / 1000)
-    total = prev + elapsed
-    client.set_tag(parent, WALL_TAG, f"{total:.0f}")
-    if resume and prev:
-        return (f"{total:.0f} s in all ({prev:.0f} s before the resume, {elapsed:.0f} s in the "
-                "resumed run)")
-    return f"{elapsed:.0f} s" + (" (resumed run)" if resume else "")
 
 
 def _open_optuna(study: Study, uri: str, optuna_storage: str | None, resume: bool,
@@ -321,33 +302,6 @@ def _search_phases(study: Study, phase, osetup, search_row: str | None,
         trials += phase(fstudy, "best", {**best["params"], SEED_KEY: _grid(study.seeds)},
                         search="grid", num_samples=1, scheduler=False)
     return searched, best
-
-
-def check_study(study: Study, search_row: str | None = None, *, address: str | None = None,
-                storage_path: str | None = None, tracking_uri: str | None = None,
-                results_dir: str | None = None, stages_pending: bool = False) -> Study:
-    """The study with absolute paths, after every config it can run (rows x seeds, the search
-    space's corners) was built and pre-flighted (kdray.engine.preflight, once per distinct
-    config) and its storage, results and tracking locations were checked; no Ray here.
-    `stages_pending`: its stages have not run yet (see `preflight`)."""
-    from kdray.checks import ConfigError
-    from kdray.engine.preflight import check_locations
-    from kdray.runtime.mlflow_store import default_tracking_uri
-    from kdray.runtime.session import preflight, resolve_paths
-
-    if not study.seeds:
-        raise ConfigError(f"study {study.name}: no seeds; pass --seeds, e.g. 0,1,2")
-    study = replace(study, base=resolve_paths(study.base))
-    seen = set()
-    for c in study.validate(search_row):
-        c = resolve_paths(c)
-        key = (c.method, c.data, c.model, c.train.init_from, c.resources, c.eval)
-        if key not in seen:
-            seen.add(key)
-            preflight(c, address=address, stages_pending=stages_pending)
-    check_locations(storage_path=storage_path, results_dir=results_dir,
-                    tracking_uri=tracking_uri or default_tracking_uri())
-    return study
 
 
 def _grid(values):
