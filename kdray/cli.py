@@ -217,7 +217,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_ledger(args) -> int:
-    """`kdray ledger`: results/LEDGER.md and results/ledger.csv from the MLflow store alone."""
+    """`kdray ledger`: results/LEDGER.md and results/ledger.csv from the MLflow store(s) alone."""
     from kdray.runtime.ledger import write_ledger
 
     for path in write_ledger(args.tracking_uri, args.out):
@@ -278,7 +278,9 @@ def main(argv: list[str] | None = None) -> int:
                                                         "sqlite:///mlflow.db")
     g = sub.add_parser("ledger", help="the reproduction ledger (paper cells vs our runs) from MLflow",
                        parents=[common])
-    g.add_argument("--tracking-uri", default=None)
+    g.add_argument("--tracking-uri", action="append", default=None,
+                   help="an MLflow store to read (repeat it to merge several stores); default: "
+                        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     g.add_argument("--out", default="results", help="folder for LEDGER.md and ledger.csv")
     c = sub.add_parser("cluster", help="cluster launcher files: `kdray cluster validate FILE`", parents=[common])
     c.add_argument("action", choices=["validate"],

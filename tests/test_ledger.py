@@ -219,6 +219,33 @@ def test_kdray_ledger_is_deterministic_and_estimates_cells_not_run(tmp_path, mon
     assert "A100 at 40% of 312 TFLOP/s bf16" in text
 
 
+def test_kdray_ledger_merges_several_stores_and_counts_a_run_once(tmp_path, monkeypatch):
+    """`--tracking-uri` repeated: the runs of every store make one ledger (per seed the newest
+    finished run of all stores, as within one store); the same store given twice changes
+    nothing (runs are keyed by id)."""
+    import kdray.runtime.ledger as runtime_ledger
+    from kdray.cli import main
+
+    monkeypatch.setattr(runtime_ledger, "load_cells",
+                        lambda: [_cell("sskd/cifar100/wrn_40_2-wrn_16_2/kd")])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = _store(tmp_path / "a"), _store(tmp_path / "b")
+
+    def line(*uris: str) -> str:
+        out = tmp_path / f"out{len(uris)}{uris[-1][-12:-9]}"
+        args = [x for u in uris for x in ("--tracking-uri", u)]
+        assert main(["ledger", *args, "--out", str(out)]) == 0
+        text = (out / "LEDGER.md").read_text()
+        return next(x for x in text.splitlines() if x.startswith("| sskd/cifar100/wrn_40_2"))
+
+    alone = line(a)
+    assert "74.90 ± 0.28 (n=2)" in alone
+    assert line(a, a) == alone
+    merged = line(a, b)   # b's runs are newer: they are each seed's run now
+    assert merged == line(b) != alone and "74.90 ± 0.28 (n=2)" in merged
+
+
 def test_ledger_help_and_study_tables_link_their_ledger_lines(tmp_path, capsys):
     from kdray.cli import main
     from kdray.config import ExperimentConfig

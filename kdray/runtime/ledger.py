@@ -101,11 +101,18 @@ def read_runs(tracking_uri: str, cells: list[Cell]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r["study"], r["row"], str(r["seed"]), r["run_id"]))
 
 
-def write_ledger(tracking_uri: str | None = None, out_dir: str = "results",
+def write_ledger(tracking_uri: str | list[str] | None = None, out_dir: str = "results",
                  cells: list[Cell] | None = None) -> tuple[str, str]:
-    """Write `<out_dir>/LEDGER.md` and `<out_dir>/ledger.csv`; return their paths."""
+    """Write `<out_dir>/LEDGER.md` and `<out_dir>/ledger.csv` from one MLflow store or several
+    (studies run in different stores, e.g. one per machine; a run found twice counts once);
+    return their paths."""
     cells = load_cells() if cells is None else cells
-    runs = read_runs(tracking_uri or default_tracking_uri(), cells)
+    uris = [tracking_uri] if isinstance(tracking_uri, str) else list(tracking_uri or [])
+    seen: dict[str, dict[str, Any]] = {}
+    for uri in uris or [default_tracking_uri()]:
+        for r in read_runs(uri, cells):
+            seen.setdefault(r["run_id"], r)
+    runs = sorted(seen.values(), key=lambda r: (r["study"], r["row"], str(r["seed"]), r["run_id"]))
     lines = build_lines(cells, runs, estimate=estimate)
     os.makedirs(out_dir, exist_ok=True)
     md, csv_path = os.path.join(out_dir, "LEDGER.md"), os.path.join(out_dir, "ledger.csv")
