@@ -228,10 +228,13 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def render_md(lines: list[Line]) -> str:
+def render_md(lines: list[Line], sources: list[str] | None = None) -> str:
+    """The ledger as Markdown; `sources`: the MLflow stores it was read from, as shown."""
     counts = {s: sum(1 for ln in lines if ln.status == s) for s in STATUSES}
+    stores = ("the MLflow store alone" if not sources or len(sources) == 1 else
+              f"{len(sources)} MLflow stores (" + ", ".join(f"`{x}`" for x in sources) + ")")
     out = ["# Reproduction ledger", "",
-           "Written by `kdray ledger` from the MLflow store alone (rerun it to refresh; the file "
+           f"Written by `kdray ledger` from {stores} (rerun it to refresh; the file "
            "is sorted and has no timestamps). One line per paper cell and study row aimed at it "
            "(paper cells: `kdray/ledger/paper_cells.json`).", "",
            "- ours: mean ± sample std over seeds (n seeds; the newest finished run of each seed) "
