@@ -86,13 +86,11 @@ def _log_to_stderr() -> None:
 
 
 class _OneProcess:
-    """Rank 0 of 1, the whole run in this process. After a failure in this process the run
-    resumes from the last checkpoint it saved (`retry_from`)."""
+    """Rank 0 of 1, the whole run in this process."""
 
     rank, world = 0, 1
 
     def __init__(self) -> None:
-        self.retry_from: str | None = None
         _log_to_stderr()
 
     def device(self, cfg: ExperimentConfig) -> torch.device:
@@ -103,7 +101,12 @@ class _OneProcess:
 
 class _TuneSession(_OneProcess):
     """A one-worker Tune trial: reports and checkpoints through Tune (which persists them and
-    restores the trial from the last one after a preempted node)."""
+    restores the trial from the last one after a preempted node). A retry in this process
+    resumes from the last checkpoint it reported (`retry_from`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.retry_from: str | None = None
 
     def checkpoint(self) -> str | None:
         if self.retry_from:
@@ -118,6 +121,8 @@ class _TuneSession(_OneProcess):
 
         ckpt = None if ckpt_dir is None else tune.Checkpoint.from_directory(ckpt_dir)
         tune.report(metrics, checkpoint=ckpt)
+        if ckpt_dir is not None:
+            self.retry_from = ckpt_dir
 
 
 class _FileSession(_OneProcess):
@@ -172,28 +177,26 @@ def train_fn_local(config: dict[str, Any], run_dir: str, keep: int) -> dict[str,
 
 
 def _with_retries(config: dict[str, Any], session: _OneProcess) -> dict[str, Any]:
-    """`_run`, again from the last saved checkpoint after an error that is not deterministic, up
-    to `resources.max_failures` times (what Train's controller does for a DDP run). A lost
-    process is not seen here: a `fit` task is restarted by Ray, a trial by Tune."""
+    """`_run`, again from the last checkpoint after an error that is not deterministic, up to
+    `resources.max_failures` times (what Train's controller does for a DDP run). A lost process
+    is not seen here: a `fit` task is restarted by Ray, a trial by Tune."""
     retries = ExperimentConfig.from_dict(config["cfg"]).resources.max_failures
-    for attempt in range(retries + 1):
-        reporter: list[_Reporter] = []
+    attempt = 0
+    while True:
         try:
-            return _run(config, session, reporter)
+            return _run(config, session)
         except DeterministicError:
             raise
         except Exception as e:
             if attempt == retries:
                 raise
-            saved = reporter[0].saved_dir() if reporter else None
-            session.retry_from = saved or session.retry_from
+            attempt += 1
             log.warning("run %s failed (%s: %s); retry %d of %d from %s", config.get("run_name"),
-                        type(e).__name__, e, attempt + 1, retries,
-                        session.retry_from or "the start")
-    raise AssertionError("unreachable")
+                        type(e).__name__, e, attempt, retries,
+                        session.checkpoint() or "the start")
 
 
-def _run(config: dict[str, Any], session, reporter_out: list | None = None) -> dict[str, Any]:
+def _run(config: dict[str, Any], session) -> dict[str, Any]:
     cfg = ExperimentConfig.from_dict(config["cfg"])
     rank, world = session.rank, session.world
     torch.set_num_threads(max(1, cfg.resources.cpus_per_worker))
@@ -208,8 +211,6 @@ def _run(config: dict[str, Any], session, reporter_out: list | None = None) -> d
                                  "node_ids": all_gather_object(node)})
     tracker.set_tag("kdray.status", "running")
     run = _Reporter(config, tracker, session, resume)
-    if reporter_out is not None:
-        reporter_out.append(run)
     if resume is not None and resume["epoch"] >= cfg.train.epochs:
         return run.report_finished(resume)
     hooks = list(config.get("epoch_hooks") or ())
@@ -266,10 +267,6 @@ class _Reporter:
         self.history: list[dict] = list(resume.get("history", [])) if resume else []
         self.ckpt_dir = tempfile.mkdtemp(prefix="kdray-ckpt-")
         self.records: dict[str, list[dict]] = {}
-
-    def saved_dir(self) -> str | None:
-        """The folder of the last checkpoint this worker saved (complete: saves are atomic)."""
-        return self.ckpt_dir if os.path.isfile(os.path.join(self.ckpt_dir, CKPT_NAME)) else None
 
     def finish(self) -> None:
         """Everything final is recorded before the last report: once Tune has seen the last
