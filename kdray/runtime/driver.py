@@ -121,13 +121,12 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
                 "run_key": f"fit/{run_name}" + (f"@{identity}" if identity else ""),
                 "run_name": mlflow_name, "tags": tags}
     ensure_ray(address)
-    from kdray.runtime import interrupts as I
-
     if one_process(cfg, storage_path):
         return _fit_one_process(cfg, run_name, storage_path, tracking, epoch_hooks,
                                 raise_on_error, client, exp_id)
     trainer = make_trainer(cfg, run_name=run_name, storage_path=storage_path, tracking=tracking,
                            epoch_hooks=epoch_hooks)
+    from kdray.runtime import interrupts as I
 
     I.train_interrupted(reset=True)
     main_thread = threading.current_thread() is threading.main_thread()
@@ -141,10 +140,7 @@ def fit(cfg: ExperimentConfig, *, run_name: str | None = None, storage_path: str
         if main_thread:  # Ray Train leaves its SIGINT handler installed
             signal.signal(signal.SIGINT, handler)
     if I.train_interrupted():  # Ctrl-C: the workers were stopped; the record says so
-        closed = I.close_interrupted_run(client, exp_id, tracking["run_key"])
-        raise I.RunInterrupted(f"run {run_name!r} stopped by Ctrl-C (MLflow run "
-                               f"{', '.join(closed) or 'not started'} marked interrupted); "
-                               "the same command continues it from its last checkpoint")
+        raise I.run_interrupted(client, exp_id, tracking["run_key"], run_name)
     if error is not None:
         if raise_on_error:
             raise error
@@ -189,10 +185,7 @@ def _fit_one_process(cfg: ExperimentConfig, run_name: str, storage_path: str,
         print("\n[kdray] Ctrl-C: stopping this training run; its last checkpoint is kept and "
               "the same command continues it.", flush=True)
         ray.cancel(ref, force=True)
-        closed = I.close_interrupted_run(client, exp_id, tracking["run_key"])
-        raise I.RunInterrupted(f"run {run_name!r} stopped by Ctrl-C (MLflow run "
-                               f"{', '.join(closed) or 'not started'} marked interrupted); "
-                               "the same command continues it from its last checkpoint") from None
+        raise I.run_interrupted(client, exp_id, tracking["run_key"], run_name) from None
     except Exception as e:  # the run's MLflow record is already marked
         if raise_on_error:
             raise

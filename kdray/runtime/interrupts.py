@@ -92,6 +92,15 @@ def train_interrupted(reset: bool = False) -> bool:
     return was
 
 
+def run_interrupted(client, experiment_id: str, run_key: str, run_name: str) -> RunInterrupted:
+    """After Ctrl-C stopped run `run_name` (its workers or its task): close its MLflow record
+    (`close_interrupted_run`) and return the `RunInterrupted` for `fit` to raise."""
+    closed = close_interrupted_run(client, experiment_id, run_key)
+    return RunInterrupted(f"run {run_name!r} stopped by Ctrl-C (MLflow run "
+                          f"{', '.join(closed) or 'not started'} marked interrupted); the same "
+                          "command continues it from its last checkpoint")
+
+
 def close_interrupted_run(client, experiment_id: str, run_key: str) -> list[str]:
     """End the MLflow runs with tag `kdray.run_key` = `run_key` still RUNNING as KILLED, tagged
     `kdray.status=interrupted`; returns their ids."""
