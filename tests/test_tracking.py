@@ -285,6 +285,21 @@ def test_results_files_name_the_tracking_store_relative_to_the_project(tmp_path,
     assert portable_uri(f"sqlite:///{tmp_path}/runs/mlflow.db") == "sqlite:///runs/mlflow.db"
     assert portable_uri("sqlite:////elsewhere/m.db") == "sqlite:///m.db"
     assert portable_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert portable_uri("sqlite:////elsewhere/m.db", keep_folder=True) == "sqlite:///elsewhere/m.db"
+
+
+def test_results_headers_name_the_command_without_absolute_paths(tmp_path, monkeypatch):
+    from kdray.runtime.study_report import portable_command
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    argv = [str(repo / "studies" / "sskd_ablation.py"), "--preset", "mini", "--set",
+            f"model.teacher_ckpt={tmp_path}/ray_results/t2/checkpoint.pt", "--set",
+            "optim.lr=0.1", "--results-dir", "/elsewhere/results"]
+    assert portable_command(argv) == (
+        "python studies/sskd_ablation.py --preset mini --set "
+        "model.teacher_ckpt=ray_results/t2/checkpoint.pt --set optim.lr=0.1 "
+        "--results-dir elsewhere/results")
 
 
 def _png_size(path: Path) -> tuple[int, int]:

@@ -101,28 +101,18 @@ def read_runs(tracking_uri: str, cells: list[Cell]) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (r["study"], r["row"], str(r["seed"]), r["run_id"]))
 
 
-def _shown(uri: str) -> str:
-    """A store as the ledger names it: a SQLite file below the working directory relative to
-    it, one elsewhere as `<its folder>/<file>` (no machine's absolute path in a committed file);
-    other URIs as given."""
-    prefix = "sqlite:///"
-    if not uri.startswith(prefix):
-        return uri
-    path = os.path.abspath(uri[len(prefix):])
-    rel = os.path.relpath(path)
-    return prefix + (rel if not rel.startswith("..") else
-                     os.path.join(os.path.basename(os.path.dirname(path)), os.path.basename(path)))
-
-
 def write_ledger(tracking_uri: str | list[str] | None = None, out_dir: str = "results",
                  cells: list[Cell] | None = None) -> tuple[str, str]:
     """Write `<out_dir>/LEDGER.md` and `<out_dir>/ledger.csv` from one MLflow store or several
     (studies run in different stores, e.g. one per machine; a run found twice counts once);
     return their paths."""
     cells = load_cells() if cells is None else cells
-    uris = [tracking_uri] if isinstance(tracking_uri, str) else list(tracking_uri or [])
+    from kdray.runtime.study_report import portable_uri
+
+    uris = ([tracking_uri] if isinstance(tracking_uri, str) else list(tracking_uri or [])
+            or [default_tracking_uri()])
     seen: dict[str, dict[str, Any]] = {}
-    for uri in uris or [default_tracking_uri()]:
+    for uri in uris:
         for r in read_runs(uri, cells):
             seen.setdefault(r["run_id"], r)
     runs = sorted(seen.values(), key=lambda r: (r["study"], r["row"], str(r["seed"]), r["run_id"]))
@@ -130,7 +120,7 @@ def write_ledger(tracking_uri: str | list[str] | None = None, out_dir: str = "re
     os.makedirs(out_dir, exist_ok=True)
     md, csv_path = os.path.join(out_dir, "LEDGER.md"), os.path.join(out_dir, "ledger.csv")
     with open(md, "w", encoding="utf-8") as f:
-        f.write(render_md(lines, [_shown(u) for u in uris or [default_tracking_uri()]]))
+        f.write(render_md(lines, [portable_uri(u, keep_folder=True) for u in uris]))
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         f.write(render_csv(lines))
     return md, csv_path

@@ -33,15 +33,44 @@ def open_study_run(study: Study, tracking_uri: str | None, experiment: str | Non
                                     "parent_run_id": parent}
 
 
-def portable_uri(uri: str) -> str:
+def portable_uri(uri: str, *, keep_folder: bool = False) -> str:
     """A tracking URI as a results file names it: a local sqlite store relative to the working
-    directory (sqlite:///mlflow.db), never an absolute path of the machine that ran the study."""
+    directory (sqlite:///mlflow.db), never an absolute path of the machine that ran the study;
+    a store outside it by its file name (`keep_folder`: `<its folder>/<file>`, to tell several
+    stores apart)."""
     prefix = "sqlite:///"
     if uri.startswith(prefix) and os.path.isabs(uri[len(prefix):]):
-        path = uri[len(prefix):]
-        rel = os.path.relpath(path)
-        return prefix + (rel if not rel.startswith("..") else os.path.basename(path))
+        return prefix + portable_path(uri[len(prefix):], keep_folder=keep_folder)
     return uri
+
+
+def portable_path(path: str, *, keep_folder: bool = False) -> str:
+    """An absolute local path as a committed file names it: relative to the working directory
+    when below it, else its file name (`keep_folder`: `<its folder>/<file>`)."""
+    rel = os.path.relpath(path)
+    if not rel.startswith(".."):
+        return rel
+    name = os.path.basename(path)
+    return os.path.join(os.path.basename(os.path.dirname(path)), name) if keep_folder else name
+
+
+def portable_command(argv: list[str]) -> str:
+    """`python <script> <args>` as a results header shows it: every absolute path (the script,
+    `--set key=/abs/path` values) relative to the working directory, else to the project, else
+    as `<its folder>/<file>`."""
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+    def shown(arg: str) -> str:
+        key, eq, value = arg.rpartition("=")
+        if not os.path.isabs(value):
+            return arg
+        for base in (os.getcwd(), repo):
+            rel = os.path.relpath(value, base)
+            if not rel.startswith(".."):
+                return key + eq + rel
+        return key + eq + portable_path(value, keep_folder=True)
+
+    return " ".join(["python", *map(shown, argv)])
 
 
 def attach_runs(client, exp_id: str, trials: list[dict]) -> None:
@@ -74,7 +103,7 @@ def report(study: Study, trials: list[dict], best: dict | None, client, parent: 
     from kdray.runtime.interrupts import end_parent
 
     rows = summarize_rows(study, trials)
-    header = {"study": study.name, "command": "`" + " ".join(["python", *sys.argv]) + "`",
+    header = {"study": study.name, "command": f"`{portable_command(sys.argv)}`",
               "method": study.base.method, "dataset": study.base.data.dataset,
               "seeds": ", ".join(map(str, study.seeds)), "hardware": hardware_summary(),
               "kdray commit": git_short_sha(), "metric": _metric_line(study), **info}
