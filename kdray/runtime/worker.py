@@ -1,8 +1,9 @@
 """The training process of a run: rebuilds the config, runs the engine, reports per epoch, logs
 rank-0 MLflow.
 
-One body (`_run`) behind three entry points that differ only in their session (rank, the
-checkpoint to resume from, where a report goes, the device; docs/runtime.md §13):
+One body (`_run`) behind three entry points that differ only in their session
+(`worker_sessions.py`: rank, the checkpoint to resume from, where a report goes, the device;
+docs/runtime.md §13):
 
 * `train_fn_per_worker`: one rank of a Ray Train TorchTrainer (DDP, N workers);
 * `train_fn_single`: a whole one-worker run inside its Tune trial (no Train controller, worker
@@ -12,7 +13,8 @@ checkpoint to resume from, where a report goes, the device; docs/runtime.md §13
 
 The one-process entry points retry a failure that is not deterministic (`failures.py`) in the
 same process from the last checkpoint, `resources.max_failures` times, as Train's controller
-would. The only file that sees `ray.train` / `ray.tune` inside a worker. It knows no method or
+would. With `worker_sessions.py`, the only code that sees `ray.train` / `ray.tune` inside a
+worker. It knows no method or
 task by name: the evaluator's tables reach MLflow through `TrialTracker.log_eval`.
 """
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from typing import Any
 
@@ -34,149 +35,32 @@ from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
 from kdray.runtime.failures import DeterministicError, count_attempt, record_failure
 from kdray.runtime.tracking import TrialTracker, epoch_metrics, step_metrics
+from kdray.runtime.worker_sessions import FileSession, OneProcess, TrainSession, TuneSession
 
 log = logging.getLogger(__name__)
-
-
-class _TrainSession:
-    """A Ray Train worker: rank and world from Train's context, Train checkpoints."""
-
-    def __init__(self) -> None:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
-
-    def checkpoint(self) -> str | None:
-        """A folder holding the checkpoint to resume from (copied locally), else None."""
-        import ray.train
-
-        ckpt = ray.train.get_checkpoint()
-        return None if ckpt is None else ckpt.to_directory()
-
-    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
-        import ray.train
-
-        ckpt = None if ckpt_dir is None else ray.train.Checkpoint.from_directory(ckpt_dir)
-        ray.train.report(metrics, checkpoint=ckpt)
-
-    def device(self, cfg: ExperimentConfig) -> torch.device:
-        if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
-            import ray.train.torch
-
-            return ray.train.torch.get_device()
-        return torch.device("cpu")
-
-
-def _log_to_stderr() -> None:
-    """kdray's INFO lines (`epoch i/n ...`) on this process's stderr, which Ray forwards to the
-    driver (a study's stage echo reads them there) — as Ray Train sets up for its workers; a
-    plain Ray task or Tune trial logs only warnings. Once per process."""
-    logger = logging.getLogger("kdray")
-    if any(getattr(h, "_kdray_worker", False) for h in logger.handlers):
-        return
-    import sys
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._kdray_worker = True  # type: ignore[attr-defined]
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-
-
-class _OneProcess:
-    """Rank 0 of 1, the whole run in this process."""
-
-    rank, world = 0, 1
-
-    def __init__(self) -> None:
-        _log_to_stderr()
-
-    def device(self, cfg: ExperimentConfig) -> torch.device:
-        if cfg.resources.gpus_per_worker > 0 and torch.cuda.is_available():
-            return torch.device("cuda", 0)   # Ray sets CUDA_VISIBLE_DEVICES to this run's GPU
-        return torch.device("cpu")
-
-
-class _TuneSession(_OneProcess):
-    """A one-worker Tune trial: reports and checkpoints through Tune (which persists them and
-    restores the trial from the last one after a preempted node). A retry in this process
-    resumes from the last checkpoint it reported (`retry_from`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.retry_from: str | None = None
-
-    def checkpoint(self) -> str | None:
-        if self.retry_from:
-            return self.retry_from
-        from ray import tune
-
-        ckpt = tune.get_checkpoint()
-        return None if ckpt is None else ckpt.to_directory()
-
-    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
-        from ray import tune
-
-        ckpt = None if ckpt_dir is None else tune.Checkpoint.from_directory(ckpt_dir)
-        tune.report(metrics, checkpoint=ckpt)
-        if ckpt_dir is not None:
-            self.retry_from = ckpt_dir
-
-
-class _FileSession(_OneProcess):
-    """A one-worker `fit` run as a Ray task: checkpoints as `<run_dir>/checkpoint_<epoch>/`
-    (the newest `keep` kept); a start, a retry or a re-run resumes from the newest."""
-
-    def __init__(self, run_dir: str, keep: int) -> None:
-        super().__init__()
-        self.run_dir, self.keep = run_dir, max(1, keep)
-        os.makedirs(run_dir, exist_ok=True)
-
-    def saved(self) -> list[str]:
-        names = sorted(n for n in os.listdir(self.run_dir)
-                       if n.startswith("checkpoint_") and n[len("checkpoint_"):].isdigit())
-        return [os.path.join(self.run_dir, n) for n in names]
-
-    def checkpoint(self) -> str | None:
-        saved = self.saved()
-        return saved[-1] if saved else None
-
-    def report(self, metrics: dict[str, Any], ckpt_dir: str | None) -> None:
-        if ckpt_dir is None:
-            return
-        dest = os.path.join(self.run_dir, f"checkpoint_{int(metrics['epoch']):06d}")
-        tmp = dest + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(ckpt_dir, tmp)
-        shutil.rmtree(dest, ignore_errors=True)
-        os.replace(tmp, dest)   # a crash mid-copy never leaves a half checkpoint to resume from
-        for old in self.saved()[:-self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """One DDP worker of a run: `config` holds the config dict, the MLflow coordinates
     (`tracking`), `run_name`, `storage_path` and optional `epoch_hooks` (`hook(epoch, rank)`)."""
-    return _run(config, _TrainSession())
+    return _run(config, TrainSession())
 
 
 def train_fn_single(config: dict[str, Any]) -> dict[str, Any]:
     """The whole run in this process: a one-worker Tune trial. `config` as for
     `train_fn_per_worker`."""
-    return _with_retries(config, _TuneSession())
+    return _with_retries(config, TuneSession())
 
 
 def train_fn_local(config: dict[str, Any], run_dir: str, keep: int) -> dict[str, Any]:
     """The whole run in this process, checkpoints under `run_dir` (a one-worker `fit`); the
     result also names the newest checkpoint folder (`checkpoint_path`)."""
-    session = _FileSession(run_dir, keep)
+    session = FileSession(run_dir, keep)
     out = _with_retries(config, session)
     return {**out, "checkpoint_path": session.checkpoint()}
 
 
-def _with_retries(config: dict[str, Any], session: _OneProcess) -> dict[str, Any]:
+def _with_retries(config: dict[str, Any], session: OneProcess) -> dict[str, Any]:
     """`_run`, again from the last checkpoint after an error that is not deterministic, up to
     `resources.max_failures` times (what Train's controller does for a DDP run). A lost process
     is not seen here: a `fit` task is restarted by Ray, a trial by Tune."""
