@@ -37,6 +37,17 @@ class RunResult:
     error: BaseException | None = None
 
 
+def loop_config(cfg: ExperimentConfig, tracking: dict[str, Any] | None, run_name: str,
+                storage_path: str, epoch_hooks: Sequence[EpochHook] = ()) -> dict[str, Any]:
+    """What every worker entry point (`kdray.runtime.worker`) gets: the config as a dict, the
+    MLflow coordinates, the run name, the storage path and the epoch hooks, if any."""
+    config: dict[str, Any] = {"cfg": cfg.to_dict(), "tracking": tracking, "run_name": run_name,
+                              "storage_path": storage_path}
+    if epoch_hooks:
+        config["epoch_hooks"] = list(epoch_hooks)
+    return config
+
+
 def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
                  tracking: dict[str, Any] | None, in_tune: bool = False,
                  epoch_hooks: Sequence[EpochHook] = ()):
@@ -57,13 +68,9 @@ def make_trainer(cfg: ExperimentConfig, *, run_name: str, storage_path: str,
         from ray.tune.integration.ray_train import TuneReportCallback
 
         callbacks.append(TuneReportCallback())
-    loop_config = {"cfg": cfg.to_dict(), "tracking": tracking, "run_name": run_name,
-                   "storage_path": storage_path}
-    if epoch_hooks:
-        loop_config["epoch_hooks"] = list(epoch_hooks)
     return trainer_class()(  # TorchTrainer that does not retry deterministic errors
         train_fn_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config=loop_config(cfg, tracking, run_name, storage_path, epoch_hooks),
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=r.num_workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker,
@@ -171,14 +178,11 @@ def _fit_one_process(cfg: ExperimentConfig, run_name: str, storage_path: str,
     from kdray.runtime.worker import train_fn_local
 
     r = cfg.resources
-    config: dict[str, Any] = {"cfg": cfg.to_dict(), "tracking": tracking, "run_name": run_name,
-                              "storage_path": storage_path}
-    if epoch_hooks:
-        config["epoch_hooks"] = list(epoch_hooks)
     task = ray.remote(train_fn_local).options(
         num_cpus=r.cpus_per_worker, num_gpus=r.gpus_per_worker, max_retries=r.max_failures,
         retry_exceptions=False, name=f"kdray-fit-{run_name}")
-    ref = task.remote(config, os.path.join(storage_path, run_name), cfg.train.keep_checkpoints)
+    ref = task.remote(loop_config(cfg, tracking, run_name, storage_path, epoch_hooks),
+                      os.path.join(storage_path, run_name), cfg.train.keep_checkpoints)
     try:
         ret = ray.get(ref)
     except KeyboardInterrupt:

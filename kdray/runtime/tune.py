@@ -12,11 +12,11 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
+from kdray.runtime.trial import TRIAL_SLOT, trainable, trial_resources
 from kdray.search import Choice, Domain, Float, Int
 from kdray.study.spec import BEST_LABEL, ROW_KEY, SEED_KEY, Study, trial_name
 
 log = logging.getLogger(__name__)
-TRIAL_SLOT = "kd_trial_slot"  # custom resource: only on-demand nodes host trial drivers
 
 
 @dataclass
@@ -25,51 +25,6 @@ class StudyResult:
     parent_run_id: str
     results_path: str
     best: dict[str, Any] | None
-
-
-def _trainable(study: Study, phase: str, storage_path: str, tracking: dict[str, Any]):
-    def run_trial(params: dict[str, Any]) -> None:
-        from ray import tune
-
-        from kdray.runtime.driver import make_trainer, one_process
-        from kdray.study.progress import run_name, run_tags, trial_index
-
-        ctx = tune.get_context()
-        cfg = study.trial_config(params)
-        name = ctx.get_trial_name()
-        tr = dict(tracking, run_key=f"{study.name}/{phase}/{ctx.get_trial_id()}",
-                  run_name=run_name(phase, params, trial_index(name)),
-                  tags=run_tags(phase, params, cfg))
-        train_name = f"{study.name}-{phase}-{ctx.get_trial_id()}"
-        config = {"cfg": cfg.to_dict(), "tracking": tr, "run_name": train_name,
-                  "storage_path": storage_path}
-        if one_process(cfg):  # the worker body itself, in this trial (docs/runtime.md §13)
-            from kdray.runtime.worker import train_fn_single
-
-            train_fn_single(config)
-        else:                 # a DDP TorchTrainer driven from this trial
-            make_trainer(cfg, run_name=train_name, storage_path=storage_path, tracking=tr,
-                         in_tune=True).fit()
-        log.info("trial %s finished", name)
-
-    return run_trial
-
-
-def _trial_resources(study: Study, slot: bool):
-    """What one trial holds: a one-worker trial trains itself, so it holds its worker's CPUs and
-    GPUs; a DDP trial only drives its TorchTrainer (no CPU, the custom slot on clusters, §P3)."""
-    from kdray.runtime.driver import one_process
-
-    def resources(params: dict[str, Any]) -> dict[str, float]:
-        cfg = study.trial_config(params)
-        r = cfg.resources
-        if one_process(cfg):
-            return {"cpu": r.cpus_per_worker, "gpu": r.gpus_per_worker}
-        if slot:
-            return {"cpu": 0, TRIAL_SLOT: 1}
-        return {"cpu": 0, "memory": 256 * 1024**2}
-
-    return resources
 
 
 def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_samples: int,
@@ -93,8 +48,8 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
         guard.start_phase(phase)
 
     slot = ray.cluster_resources().get(TRIAL_SLOT, 0) > 0
-    trainable = tune.with_resources(_trainable(study, phase, storage_path, tracking),
-                                    _trial_resources(study, slot))
+    tune_fn = tune.with_resources(trainable(study, phase, storage_path, tracking),
+                                  trial_resources(study, slot))
     seen: dict[str, int] = {}
 
     def index(trial_id: str) -> int:
@@ -105,7 +60,7 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
     path = os.path.join(storage_path, f"{study.name}-{phase}")
     if resume and tune.Tuner.can_restore(path):
         log.info("restoring %s", path)
-        tuner = tune.Tuner.restore(path, trainable=trainable, param_space=param_space,
+        tuner = tune.Tuner.restore(path, trainable=tune_fn, param_space=param_space,
                                    resume_unfinished=True, resume_errored=True)
     elif num_samples < 1:
         log.info("%s: no samples left to run", path)
@@ -119,7 +74,7 @@ def _run_phase(study: Study, phase: str, param_space: dict, *, search: str, num_
                                  verbose=console.tune_verbose(),
                                  callbacks=[*(callbacks or []), InterruptWatch(),  # Tune appends
                                             *([shown.callback(phase, index)] if shown else [])])
-        tuner = tune.Tuner(trainable, param_space=param_space, run_config=run_cfg,
+        tuner = tune.Tuner(tune_fn, param_space=param_space, run_config=run_cfg,
                            tune_config=_tune_config(study, search, num_samples, scheduler, index,
                                                     ranked=phase == "search",
                                                     searcher=searcher))
