@@ -29,6 +29,7 @@ RANKS: dict[str, int] = {
     "kdray.presets": 7, "kdray.study": 7,
     "kdray.ledger": 7.5,  # reads the presets (paper cells -> preset rows); runtime reads MLflow
     "kdray.runtime": 8,
+    "kdray.cli_studies": 8.5,  # `kdray study`: finds and runs the study scripts
     "kdray.cli": 9,
     "kdray": 10,
 }
