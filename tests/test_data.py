@@ -373,7 +373,8 @@ def test_check_data_batch_geometry_and_class_counts() -> None:
                 "cifar_fs": 64, "fc100": 60, "mini_imagenet": 64, "imagenet": 1000,
                 # FSCIL protocols (kdray.data.fscil): split "train" = all classes ("base": 60 ...)
                 "fscil_cifar100": 100, "fscil_mini_imagenet": 100, "fscil_cub200": 200,
-                "fscil_synthetic": 100, "fscil_cifar10": 10, "coco128": 80, "coco": 80}
+                "fscil_synthetic": 100, "fscil_cifar10": 10, "coco128": 80, "coco": 80,
+                "shapes_det": 3}
     assert {n: num_train_classes(base.override({"data.dataset": n})) for n in DATASETS} == expected
 
 

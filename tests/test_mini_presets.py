@@ -1,6 +1,6 @@
-"""The `mini` evidence presets on the real data in ../shared/data: each study builds, every row x
-seed config validates (the checks run before Ray), its stages and every row train a few steps
-in-process and evaluate on the real split. The studies themselves (< 1 h each on 2 cores) are
+"""The `mini` evidence presets on the real data in ../shared/data (MKD: the generated shapes_det
+set): each study builds, every row x seed config validates (the checks run before Ray), its
+stages and every row train a few steps in-process and evaluate on the real split. The studies themselves (< 1 h each on 2 cores) are
 not run here; their results are results/<study>_mini.md."""
 
 from __future__ import annotations
@@ -131,3 +131,28 @@ def test_m2sd_mini_preset_runs_on_fscil_cifar10(shared_data, tmp_path):
         assert math.isfinite(res.metrics["train/loss"]), (row.label, res.metrics)
     assert 0.0 <= _finite(res.metrics, "test/fscil_avg") <= 100.0, res.metrics
     assert res.metrics["train/at"] >= 0 and res.metrics["train/sd"] >= 0  # the FE terms are on
+
+
+@pytest.mark.slow
+def test_mkd_mini_preset_runs_on_generated_shapes(tmp_path, monkeypatch):
+    monkeypatch.setenv("KDRAY_CACHE_DIR", str(tmp_path / "cache"))   # shapes_det is generated
+    mod = load_study("mkd_ablation")
+    P = mod.P
+    study = mod.build("mini")
+    assert study.base.data.dataset == "shapes_det" and study.seeds == (0, 1, 2)
+    assert study.metric == "AP" and not study.space
+    assert [r.label for r in study.rows] == ["Student alone",
+                                             "Feature MSE, no masking (FGD-style, 1x1 align)",
+                                             "+ global loss (MKD full)"]
+    assert study.claims == (("+ global loss (MKD full)", "Student alone"),
+                            ("+ global loss (MKD full)",
+                             "Feature MSE, no masking (FGD-style, 1x1 align)"))
+    teacher = _short(study.base.override(P.TEACHER["mini"]))
+    assert teacher.model.arch == "resnet34" and not teacher.method_cfg.uses_teacher
+    study = study.starting_from("model.teacher_ckpt", _stage(teacher, tmp_path / "teacher"), "")
+    metrics = _rows(study, tmp_path)
+    for label, m in metrics.items():
+        assert 0.0 <= _finite(m, "test/AP50") <= 1.0, (label, m)
+    full = metrics["+ global loss (MKD full)"]
+    assert full["train/feat"] > 0 and full["train/global"] > 0   # both distillation terms are on
+    assert "train/feat" not in metrics["Student alone"]

@@ -40,6 +40,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from kdray.data import shapes_det
 from kdray.data.base import (
     IMAGENET_STATS,
     DataNotFoundError,
@@ -63,6 +64,8 @@ LAYOUT = {"coco128": {"train": ("train2017", "annotations/instances_train2017.js
                       "test": ("train2017", "annotations/instances_train2017.json")},
           "coco": {"train": ("train2017", "annotations/instances_train2017.json"),
                    "test": ("val2017", "annotations/instances_val2017.json")}}
+#: generated COCO-layout sets: the module gives split_paths / locate / num_classes.
+GENERATED = {"shapes_det": shapes_det}
 SPLITS = ("train", "val", "test")
 LONG_RATIO = 1333 / 800
 SIZE_DIVISIBLE = 32  # padded batches: a multiple of the largest backbone stride
@@ -71,7 +74,9 @@ _FLIP_SALT = 0x666C6970
 
 def split_paths(cfg: DataConfig, split: str) -> tuple[Path, Path]:
     """(image folder, annotation json) of `split` under the first root that has both (the carved
-    `val` reads `train`'s)."""
+    `val` reads `train`'s); a generated set (`GENERATED`) is generated on first use."""
+    if cfg.dataset in GENERATED:
+        return GENERATED[cfg.dataset].split_paths(cfg, split)
     name, looked = cfg.dataset, []
     folder, ann = LAYOUT[name]["train" if split == "val" else split]
     for root in data_roots(cfg):
@@ -83,6 +88,8 @@ def split_paths(cfg: DataConfig, split: str) -> tuple[Path, Path]:
 
 
 def locate(cfg: DataConfig, splits: Sequence[str]) -> None:
+    if cfg.dataset in GENERATED:
+        return GENERATED[cfg.dataset].locate(cfg, splits)
     for s in splits:
         split_paths(cfg, s)
 
@@ -94,6 +101,8 @@ def _load_json(path: str) -> dict:
 
 def num_classes(cfg: DataConfig, split: str) -> int:
     """Categories in the split's json; COCO's 80 when the files are not there (yet)."""
+    if cfg.dataset in GENERATED:
+        return GENERATED[cfg.dataset].num_classes(cfg, split)
     try:
         return len(_load_json(str(split_paths(cfg, split)[1]))["categories"])
     except DataNotFoundError:
@@ -252,3 +261,6 @@ SPECS: dict[str, DatasetSpec] = {
                         num_classes=num_classes, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1],
                         native_size=640)
     for name in LAYOUT}
+SPECS["shapes_det"] = DetectionSpec(
+    name="shapes_det", splits=SPLITS, build=build, locate=locate, num_classes=num_classes,
+    mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1], native_size=shapes_det.SIZE)

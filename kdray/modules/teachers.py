@@ -165,11 +165,12 @@ class TeacherCard:
     arch: str
     dataset: str
     num_classes: int
-    top1: float               # % on the split named by `eval_split`
+    top1: float               # % on the split named by `eval_split` (of `metric`)
     eval_split: str = "test"
     ss_transforms: str = ""   # transform set the SS head was trained with ("" = no SS head)
     ss_acc: float = -1.0      # contrastive accuracy of the SS head (%), -1 = not measured
     path: str = ""
+    metric: str = "top1"      # what `top1` measures: "top1" (classifiers) or "AP" (detectors)
 
 
 def file_sha256(path: str) -> str:
@@ -186,10 +187,11 @@ def card_path(ckpt: str) -> str:
 
 def write_card(ckpt: str, *, arch: str, dataset: str, num_classes: int, top1: float,
                eval_split: str = "test", ss_transforms: str = "", ss_acc: float = -1.0,
-               registry: str | None = None) -> TeacherCard:
-    """Checksum `ckpt`, write its card beside it and (optionally) add it to a registry JSON."""
+               registry: str | None = None, metric: str = "top1") -> TeacherCard:
+    """Checksum `ckpt`, write its card beside it and (optionally) add it to a registry JSON.
+    `top1` is the teacher's score in % on `eval_split`: top-1, or box AP when metric="AP"."""
     card = TeacherCard(file_sha256(ckpt), arch, dataset, int(num_classes), float(top1),
-                       eval_split, ss_transforms, float(ss_acc), os.path.abspath(ckpt))
+                       eval_split, ss_transforms, float(ss_acc), os.path.abspath(ckpt), metric)
     with open(card_path(ckpt), "w") as f:
         json.dump(asdict(card), f, indent=2, sort_keys=True)
     if registry:

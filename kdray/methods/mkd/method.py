@@ -202,7 +202,7 @@ class MKD(Method):
     def preflight(cls, cfg: ExperimentConfig, data: DataInfo) -> None:
         if not data.detection:
             raise ConfigError(f"data.dataset: MKD trains detectors; {cfg.data.dataset!r} is not a "
-                              "detection dataset (coco128, coco)")
+                              "detection dataset (coco128, coco, shapes_det)")
         if cfg.eval.kind not in ("coco", "none"):
             raise ConfigError(f"eval.kind: MKD is evaluated with 'coco' (or 'none'), got "
                               f"{cfg.eval.kind!r}")
