@@ -8,9 +8,10 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from kdray.config import ExperimentConfig
+from kdray.runtime.metric_keys import epoch_metrics, step_metrics
 from kdray.runtime.mlflow_store import get_or_create_experiment
 from kdray.runtime.study_report import describe_study_run, row_metrics, slug
-from kdray.runtime.tracking import TrialTracker, epoch_metrics, start_study_run, step_metrics
+from kdray.runtime.tracking import TrialTracker, start_study_run
 from kdray.study import Row, Study
 from kdray.study.progress import run_name, run_tags, trial_index
 

@@ -12,7 +12,8 @@ import pytest
 from kdray.config import ConfigError, ExperimentConfig
 from kdray.study import Row, Study
 from kdray.study import stats as S
-from kdray.study.table import episode_accuracies, summarize_rows, write_results_md
+from kdray.study.pairing import episode_accuracies
+from kdray.study.table import summarize_rows, write_results_md
 
 T2, T3, T5 = 4.303, 3.182, 2.571  # t_{0.975, df} for df = 2, 3, 5 (t table, 3 decimals)
 TOL = 2e-3

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from kdray.checks import user_error_exit
 from kdray.config import ConfigError, parse_overrides
-from kdray.study.spec import Study, study_cost, with_resources
+from kdray.study.describe import study_cost
+from kdray.study.spec import Study, with_resources
 
 
 def seed_list(text: str) -> tuple[int, ...]:

@@ -43,32 +43,6 @@ from kdray.study import artifacts
 
 log = logging.getLogger(__name__)
 
-#: few-shot classifiers whose first one is also reported without suffix (kdray.eval.fewshot)
-_CLASSIFIERS = ("proto", "logreg", "distlinear")
-
-
-def step_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Step-level values as MLflow keys: `train/x` -> `train_step/x` (the epoch means keep
-    `train/x`), so each key has one kind of value on one axis (the global step)."""
-    return {("train_step/" + k[len("train/"):]) if k.startswith("train/") else k: v
-            for k, v in metrics.items()}
-
-
-def epoch_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Per-epoch metrics as MLflow keys: `<key>_ci95` -> `ci/<key>` (a CI is not a curve among
-    the metrics), and `<split>/<name>_<classifier>` dropped where it only repeats
-    `<split>/<name>` (the first classifier is reported under both names)."""
-    out: dict[str, Any] = {}
-    for k, v in metrics.items():
-        base = k[: -len("_ci95")] if k.endswith("_ci95") else k
-        head, _, tail = base.rpartition("_")
-        if (tail in _CLASSIFIERS and head in metrics and metrics[head] == metrics[base]
-                and base.startswith(("val/", "test/"))):
-            continue  # the duplicate of `head`
-        out["ci/" + base if base != k else k] = v
-    return out
-
-
 class RunLogger:
     """Logging bound to one MLflow run; every method is a no-op when `run_id` is None."""
 

@@ -34,7 +34,8 @@ from kdray.dist import all_gather_object
 from kdray.engine.loop import Callbacks, EpochEnd
 from kdray.engine.runner import train
 from kdray.runtime.failures import DeterministicError, count_attempt, record_failure
-from kdray.runtime.tracking import TrialTracker, epoch_metrics, step_metrics
+from kdray.runtime.metric_keys import epoch_metrics, step_metrics
+from kdray.runtime.tracking import TrialTracker
 from kdray.runtime.worker_sessions import FileSession, OneProcess, TrainSession, TuneSession
 
 log = logging.getLogger(__name__)

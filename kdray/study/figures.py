@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 from typing import Any
 
+from kdray.study.pairing import row_delta
 from kdray.study.spec import Study
-from kdray.study.table import finished_groups, row_delta
+from kdray.study.table import finished_groups
 
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _PLAIN = re.compile(r"\s*-?\d+(?:\.\d+)?(?:\s*/\s*-?\d+(?:\.\d+)?)*\s*")

@@ -256,22 +256,6 @@ def with_resources(study: Study, *, workers_per_trial: int | None = None,
     return s
 
 
-def split_note(base: ExperimentConfig) -> str:
-    """A sentence for a study description: which split rows and searched trials are scored on."""
-    from kdray.data.base import HOLDOUT_FRACTION
-    from kdray.data.coco import SPECS as DETECTION
-    from kdray.data.registry import CARVED_VAL
-
-    ds = base.data.dataset
-    share = "of the training images" if ds in DETECTION else "of each class"
-    carved = (f" ({ds} has no val split apart from the reported one: val is carved from train, a "
-              f"fixed {HOLDOUT_FRACTION:.0%} {share}, which searched trials and the stages they "
-              "start from do not train on)") if ds in CARVED_VAL else ""
-    return (f"Rows and '{BEST_LABEL}' (the val-selected point re-run with every seed) are scored "
-            f"on {base.eval.split}; searched trials are scored, stopped and selected on val "
-            f"only{carved}.")
-
-
 def _corner(d: Domain, low: bool) -> Any:
     if isinstance(d, Choice):
         return d.values[0 if low else -1]
@@ -287,25 +271,3 @@ def trial_name(params: dict[str, Any], index: int) -> str:
     if SEED_KEY in params:
         parts.append(f"s{params[SEED_KEY]}")
     return "-".join(p.replace(" ", "_").replace("/", "_") for p in parts)
-
-
-def study_cost(study: Study) -> str:
-    """A rough cost of the study, counted from its plan (no measurement): trials, epochs each and
-    what one trial holds, e.g. "8 trials (5 rows x 1 seed, 2 searched, 1 val-selected x 1 seed),
-    2 epochs each; a trial: 1 worker x 1 CPU". Stages (teachers, phase 1) come on top."""
-    seeds = len(study.seeds)
-    grid = len(study.rows) * seeds if (study.rows or not study.space) else 0
-    parts = []
-    if grid:
-        parts.append(f"{len(study.rows)} rows x {seeds} seed{'s' * (seeds > 1)}"
-                     if study.rows else f"{seeds} seed{'s' * (seeds > 1)}")
-    searched = study.num_samples if study.space else 0
-    if searched:
-        parts.append(f"{searched} searched")
-        parts.append(f"1 val-selected x {seeds} seed{'s' * (seeds > 1)}")
-    total = grid + searched + (seeds if searched else 0)
-    r = study.base.resources
-    device = (f"{r.gpus_per_worker:g} GPU" if r.gpus_per_worker > 0
-              else f"{r.cpus_per_worker} CPU")
-    return (f"{total} trials ({', '.join(parts)}), {study.base.train.epochs} epochs each; "
-            f"a trial: {r.num_workers} worker{'s' * (r.num_workers > 1)} x {device}")
