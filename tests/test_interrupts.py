@@ -298,13 +298,19 @@ def test_results_table_numbers_errors_and_explains_statuses(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_in_a_stage_stops_the_study_with_final_records(tmp_path, synth_root):
+@pytest.mark.parametrize("how", ["ctrl_c", "sigterm"])
+def test_ctrl_c_in_a_stage_stops_the_study_with_final_records(tmp_path, synth_root, how):
     """Ctrl-C while the study's first stage trains (its epochs shown on the terminal): the stage's
     workers stop, its MLflow run is KILLED and tagged interrupted, the parent too, no trial
-    starts, exit 130 with one line saying so; no traceback."""
+    starts, exit 130 with one line saying so; no traceback. A SIGTERM to the driver alone (`kill`,
+    a scheduler, `timeout`) does the same (before, Ray's own SIGTERM handler exited at once and
+    left every record RUNNING)."""
     study = Study(_args(tmp_path, synth_root), tmp_path, "stage", {"KDRAY_TEST_STAGE": "1"})
     _wait(study, lambda: "stage  teach  epoch 2/40" in study.output(), 400, "stage epoch line")
-    os.killpg(study.proc.pid, signal.SIGINT)
+    if how == "ctrl_c":
+        os.killpg(study.proc.pid, signal.SIGINT)
+    else:
+        os.kill(study.proc.pid, signal.SIGTERM)
     rc = _finish(study, 180)
     out = study.output()
     assert rc == 130, out[-4000:]
@@ -320,3 +326,25 @@ def test_ctrl_c_in_a_stage_stops_the_study_with_final_records(tmp_path, synth_ro
     assert len(stage) == 1 and stage[0].info.status == "KILLED", stage
     assert stage[0].data.tags["kdray.status"] == "interrupted"
     assert {r.data.tags.get("kdray.phase") for r in _trial_runs(tmp_path).values()} == {"stage"}
+
+
+def test_sigterm_goes_where_sigint_goes():
+    """`stop_on_sigterm`: inside a study's guard a SIGTERM marks the study interrupted like a first
+    Ctrl-C; with Python's default SIGINT handler, or SIGINT ignored (a job started with `&`), it
+    raises KeyboardInterrupt, which `fit` and the study script treat as Ctrl-C."""
+    from kdray.runtime.interrupts import StudyGuard
+    from kdray.runtime.session import stop_on_sigterm
+
+    old_term, old_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        stop_on_sigterm()
+        with StudyGuard() as guard:
+            signal.raise_signal(signal.SIGTERM)
+            assert guard.interrupted
+        for sigint in (signal.default_int_handler, signal.SIG_IGN):
+            signal.signal(signal.SIGINT, sigint)
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)

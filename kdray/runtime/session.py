@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -73,7 +75,27 @@ def ensure_ray(address: str | None = None, **init_kwargs) -> bool:
             raise ConfigError(f"--address {address}: no Ray cluster answers there ({e}); start "
                               "it (`ray up` / `ray start --head`) or drop --address to run "
                               "locally") from None
+    stop_on_sigterm()
     return True
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (`kill`, a scheduler's stop, `timeout`) stops a run or study as Ctrl-C does, so
+    its MLflow records are closed as interrupted. `ray.init` installs a SIGTERM handler that
+    exits at once and leaves every record RUNNING; this replaces it (main thread only). The
+    signal goes to whatever handles SIGINT at that moment (the study's guard, Tune's or Train's
+    handler); where nothing does, or a shell started the job with SIGINT ignored (`cmd &`), it
+    raises KeyboardInterrupt, which the one-process `fit` and the study treat as Ctrl-C."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def _pin_local_address() -> None:
