@@ -4,6 +4,7 @@ results table's (means, paired-Δ error bars, baseline, paper markers, val rows 
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from kdray.config import ExperimentConfig
 from kdray.study import Row, Study
 from kdray.study.figures import (
     ablation_data,
+    paper_scatter_data,
     paper_values,
     plot_ablation,
     plot_paper_scatter,
@@ -59,6 +61,13 @@ def test_data_behind_the_chart():
     lo, hi = c1["errors"][1]  # paired Δ over 4 episodes: +10 points, its t-interval
     assert lo > 0 and hi > 0 and lo == pytest.approx(hi)
     assert data["other_split"] == [False, False, False]
+    assert data["unit"] == "%"   # accuracies; COCO box AP is a fraction and says so
+    coco = replace(_study(), base=ExperimentConfig(method="mkd").override({"eval.kind": "coco"}))
+    assert ablation_data(coco, _rows())["unit"] == "in [0, 1]"
+    ap = [{**r, "metrics": {"acc_5w1s": r["metrics"]["acc_5w1s"] / 100},
+           "paper": "35.0" if r["paper"] else ""} for r in _rows()]
+    coco = replace(coco, columns=(("AP", "acc_5w1s"),))
+    assert [d["ours"] for d in paper_scatter_data(coco, ap)] == pytest.approx([40.0])  # in %
 
 
 def test_chart_png(tmp_path):

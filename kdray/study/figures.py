@@ -31,13 +31,17 @@ def paper_values(paper: str, n_columns: int) -> list[float | None]:
 
 
 def paper_scatter_data(study: Study, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """(setting, column, paper, ours = mean over finished seeds) wherever a row's paper cell is
-    the same setting as ours (`paper_values`); empty when there is none."""
+    """(setting, column, paper, ours = mean over finished seeds, in %) wherever a row's paper
+    cell is the same setting as ours (`paper_values`); empty when there is none. Papers give box
+    AP in %, kdray's COCO evaluator a fraction: ours is scaled to % for the comparison."""
     cols = list(study.columns) or [(study.metric, study.metric)]
+    scale = 1.0 if unit_of(study) == "%" else 100.0
     out = []
     for label, g in finished_groups(rows).items():
         for (head, key), p in zip(cols, paper_values(g[0].get("paper", ""), len(cols))):
             ours = _mean([r["metrics"].get(key) for r in g])
+            if ours is not None:
+                ours *= scale
             if p is not None and ours is not None:
                 out.append({"setting": label, "column": head, "paper": p, "ours": ours})
     return out
@@ -140,7 +144,14 @@ def ablation_data(study: Study, rows: list[dict[str, Any]]) -> dict[str, Any]:
                                "baseline_mean": base_mean, "paper": papers})
     out["other_split"] = [g[0]["split"] != base_split for g in groups.values()]
     out["split"] = base_split
+    out["unit"] = unit_of(study)
     return out
+
+
+def unit_of(study: Study) -> str:
+    """How the study's metrics read: COCO box AP is a fraction (kdray.eval.coco), the
+    classification and few-shot accuracies are percentages."""
+    return "in [0, 1]" if study.base.eval.kind == "coco" else "%"
 
 
 def plot_ablation(study: Study, rows: list[dict[str, Any]], path: str | Path) -> dict[str, Any]:
@@ -165,8 +176,8 @@ def plot_ablation(study: Study, rows: list[dict[str, Any]], path: str | Path) ->
                 ax.plot(p, y, marker="D", color="#d62728", markersize=6, linestyle="none")
         if col["baseline_mean"] is not None:
             ax.axvline(col["baseline_mean"], color="#636363", linestyle="--", linewidth=1)
-        ax.set_title(f"{col['header']} ({data['split']}, %)", fontsize=10)
-        ax.set_xlabel(f"{col['key']} (%)")
+        ax.set_title(f"{col['header']} ({data['split']}, {data['unit']})", fontsize=10)
+        ax.set_xlabel(f"{col['key']} ({data['unit']})")
         ax.set_ylim(-0.7, n - 0.3)
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(ys)
