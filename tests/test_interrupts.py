@@ -28,6 +28,10 @@ def _args(tmp: Path, root: str, nan_ckpt: str = "-") -> list[str]:
             "--results-dir", str(tmp / "results")]
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Study:
     """One study subprocess in its own session, output to a file; `stop()` ends what is left of
     that session's processes (by PID, after checking they belong to it)."""
@@ -36,8 +40,11 @@ class Study:
         self.log = tmp / f"{tag}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
         with open(self.log, "w") as out:
+            # Ctrl-C at a terminal reaches a process whose SIGINT is the default; a suite run
+            # from a background shell (`pytest &`) would hand its ignored SIGINT down instead
             self.proc = subprocess.Popen(args, cwd=tmp, env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+                                         stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_default_sigint)
         self.known: dict[int, int] = {}
 
     def output(self) -> str:

@@ -172,13 +172,21 @@ def test_m2sd_stage1_of_a_searched_study_leaves_the_carved_val_out(monkeypatch, 
     assert {int(r) for r in val.rows} & {int(r) for r in rows_only.rows}  # base includes val
 
 
-def test_mkd_teacher_of_a_searched_study_leaves_the_carved_val_out(monkeypatch, coco_root):
+def test_mkd_teacher_of_a_searched_study_leaves_the_carved_val_out(monkeypatch, coco_root,
+                                                                  tmp_path):
     mod = load_study("mkd_ablation")
     seen = _capture_stages(monkeypatch)
+    cards = []   # the teacher is registered with its box AP (the stage here is a recorder)
+    monkeypatch.setattr(mod, "write_card", lambda ckpt, **kw: cards.append((ckpt, kw))
+                        or SimpleNamespace(sha256="0" * 64))
     s = mod.build("smoke")
     s = replace(s, base=s.base.override({"data.root": coco_root}))
-    out = mod.with_teacher(s, SimpleNamespace(preset="smoke", **vars(ARGS)))
+    out = mod.with_teacher(s, SimpleNamespace(preset="smoke", results_dir=str(tmp_path),
+                                              **vars(ARGS)))
     assert out.base.model.teacher_ckpt == "/ckpt/mkd_ablation_smoke-teacher.pt"
+    assert [c for c, _ in cards] == ["/ckpt/mkd_ablation_smoke-teacher.pt"]
+    assert cards[0][1]["metric"] == "AP" and cards[0][1]["arch"] == "resnet34"
+    assert cards[0][1]["registry"] == str(tmp_path / "teachers.json")
     teacher = seen[-1]
     assert teacher.data.holdout_val and teacher.eval.split == "test"
     assert not _ids(build_dataset(teacher.data, "val")) & _ids(build_dataset(teacher.data, "train"))
