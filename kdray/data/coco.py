@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
-from functools import lru_cache
+from collections.abc import Callable, Sequence
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -64,8 +64,6 @@ LAYOUT = {"coco128": {"train": ("train2017", "annotations/instances_train2017.js
                       "test": ("train2017", "annotations/instances_train2017.json")},
           "coco": {"train": ("train2017", "annotations/instances_train2017.json"),
                    "test": ("val2017", "annotations/instances_val2017.json")}}
-#: generated COCO-layout sets: the module gives split_paths / locate / num_classes.
-GENERATED = {"shapes_det": shapes_det}
 SPLITS = ("train", "val", "test")
 LONG_RATIO = 1333 / 800
 SIZE_DIVISIBLE = 32  # padded batches: a multiple of the largest backbone stride
@@ -74,9 +72,7 @@ _FLIP_SALT = 0x666C6970
 
 def split_paths(cfg: DataConfig, split: str) -> tuple[Path, Path]:
     """(image folder, annotation json) of `split` under the first root that has both (the carved
-    `val` reads `train`'s); a generated set (`GENERATED`) is generated on first use."""
-    if cfg.dataset in GENERATED:
-        return GENERATED[cfg.dataset].split_paths(cfg, split)
+    `val` reads `train`'s)."""
     name, looked = cfg.dataset, []
     folder, ann = LAYOUT[name]["train" if split == "val" else split]
     for root in data_roots(cfg):
@@ -88,8 +84,6 @@ def split_paths(cfg: DataConfig, split: str) -> tuple[Path, Path]:
 
 
 def locate(cfg: DataConfig, splits: Sequence[str]) -> None:
-    if cfg.dataset in GENERATED:
-        return GENERATED[cfg.dataset].locate(cfg, splits)
     for s in splits:
         split_paths(cfg, s)
 
@@ -101,8 +95,6 @@ def _load_json(path: str) -> dict:
 
 def num_classes(cfg: DataConfig, split: str) -> int:
     """Categories in the split's json; COCO's 80 when the files are not there (yet)."""
-    if cfg.dataset in GENERATED:
-        return GENERATED[cfg.dataset].num_classes(cfg, split)
     try:
         return len(_load_json(str(split_paths(cfg, split)[1]))["categories"])
     except DataNotFoundError:
@@ -191,10 +183,12 @@ def _to_array(img: Image.Image):
     return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0
 
 
-def build(cfg: DataConfig, split: str, *, train: bool | None = None) -> CocoDetection:
+def build(cfg: DataConfig, split: str, *, train: bool | None = None,
+          paths: Callable[[DataConfig, str], tuple[Path, Path]] = split_paths) -> CocoDetection:
     """Split `train`, `test`, or `val` carved from the training images (`holdout_ids`), which
-    `train` leaves out when data.holdout_val is set."""
-    images, ann = split_paths(cfg, split)
+    `train` leaves out when data.holdout_val is set. `paths` finds the split's (image folder,
+    annotation json): on disk by default, generated for `shapes_det`."""
+    images, ann = paths(cfg, split)
     ds = CocoDetection(images, ann, cfg.image_size,
                        train=(split == cfg.train_split) if train is None else train)
     if split == "val" or (split == "train" and cfg.holdout_val):
@@ -240,7 +234,7 @@ def build_train_loader(cfg: ExperimentConfig, *, rank: int, world: int) -> DataL
     from kdray.data.samplers import ShardedBatchSampler
 
     d = cfg.data
-    base = build(d, d.train_split, train=True)
+    base = SPECS[d.dataset].build(d, d.train_split, train=True)
     sampler = ShardedBatchSampler(len(base), batch_size=d.batch_size, rank=rank, world=world,
                                   seed=cfg.seed)
     if len(sampler) == 0:
@@ -261,6 +255,7 @@ SPECS: dict[str, DatasetSpec] = {
                         num_classes=num_classes, mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1],
                         native_size=640)
     for name in LAYOUT}
-SPECS["shapes_det"] = DetectionSpec(
-    name="shapes_det", splits=SPLITS, build=build, locate=locate, num_classes=num_classes,
-    mean=IMAGENET_STATS[0], std=IMAGENET_STATS[1], native_size=shapes_det.SIZE)
+SPECS["shapes_det"] = DetectionSpec(  # generated on first use, read as any COCO-layout set
+    name="shapes_det", splits=SPLITS, build=partial(build, paths=shapes_det.split_paths),
+    locate=shapes_det.locate, num_classes=shapes_det.num_classes, mean=IMAGENET_STATS[0],
+    std=IMAGENET_STATS[1], native_size=shapes_det.SIZE)

@@ -43,7 +43,6 @@ SPLIT_SIZES = {"train": 2400, "test": 600}
 _SPLIT_SEED = {"train": 1, "test": 2}
 _SS = 2                    # supersampling of the shape masks
 _SIDE = (24.0, 56.0)       # box side range before rotation, px
-TEXTURED = False           # v1 had textured shapes (and five classes); v2 is solid colours
 _MAX_IOU = 0.0            # boxes never overlap, so no object is occluded
 
 
@@ -63,9 +62,9 @@ def _window(c: float, r: float) -> slice:
 
 
 def _place(rng: np.random.Generator, cls: int, cx: float, cy: float, r: float,
-           ) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray]:
+           ) -> tuple[tuple[slice, slice], np.ndarray]:
     """A shape of class `cls` centred at (cx, cy) px with radius r px, random rotation: its
-    supersampled window (rows, cols), the mask in that window, and local coordinates (u, v)."""
+    supersampled window (rows, cols) and the mask in that window."""
     rows, cols = _window(cy, r), _window(cx, r)
     ys = (np.arange(rows.start, rows.stop, dtype=np.float32) + 0.5) / _SS
     xs = (np.arange(cols.start, cols.stop, dtype=np.float32) + 0.5) / _SS
@@ -74,7 +73,7 @@ def _place(rng: np.random.Generator, cls: int, cx: float, cy: float, r: float,
     dx, dy = (X - cx) / r, (Y - cy) / r
     u = np.cos(theta) * dx + np.sin(theta) * dy
     v = -np.sin(theta) * dx + np.cos(theta) * dy
-    return (rows, cols), S.SHAPES[CLASSES[cls]](u, v), np.stack([u, v])
+    return (rows, cols), S.SHAPES[CLASSES[cls]](u, v)
 
 
 def tight_box(rows: slice, cols: slice, mask: np.ndarray) -> np.ndarray | None:
@@ -95,14 +94,13 @@ def render(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[float]
     img = S._background(rng, 1, *S._grid(SIZE))[0]
     palettes = S._palette_rgb()
     inside = np.zeros((SIZE * _SS, SIZE * _SS), dtype=bool)
-    second = np.zeros_like(inside)
     objects: list[tuple[list[float], int]] = []
     for _ in range(int(rng.integers(1, 4))):
         for _try in range(20):
             cls = int(rng.integers(len(CLASSES)))
             r = rng.uniform(*_SIDE) / 2
             cx, cy = rng.uniform(r, SIZE - r, size=2)
-            (rows, cols), mask, (u, v) = _place(rng, cls, cx, cy, r)
+            (rows, cols), mask = _place(rng, cls, cx, cy, r)
             box = tight_box(rows, cols, mask)
             if box is None:
                 continue
@@ -111,15 +109,12 @@ def render(rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[list[float]
         else:
             continue
         inside[:] = False
-        second[:] = False
         inside[rows, cols] = mask
-        if TEXTURED:
-            second[rows, cols] = mask & S._texture(int(rng.integers(len(S.TEXTURES))), 1.3 * u,
-                                                   1.3 * v)
-        pal = palettes[int(rng.integers(len(palettes)))] + rng.uniform(-0.06, 0.06, (2, 3))
+        # a palette's two colours with jitter, as synthetic_fs draws them; solid shapes use the
+        # first (the second was v1's texture colour; drawing it keeps v2's random stream)
+        colour = (palettes[int(rng.integers(len(palettes)))] + rng.uniform(-0.06, 0.06, (2, 3)))[0]
         alpha = S._box_down(inside[None])[0][..., None]
-        beta = S._box_down(second[None])[0][..., None]
-        img = img * (1 - alpha) + pal[0] * (alpha - beta) + pal[1] * beta
+        img = img * (1 - alpha) + colour * alpha
         objects.append((box.tolist(), cls))
     img = img + 0.03 * rng.standard_normal(img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8), objects
