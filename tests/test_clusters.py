@@ -149,19 +149,49 @@ def test_gpu_capacity_is_diversified_with_on_demand_fallback() -> None:
     assert len(images) == 1 and re.fullmatch(r"ami-[0-9a-f]{17}", images.pop())
 
 
-def _installed(dist: str) -> str:
-    from importlib.metadata import version
+CONSTRAINTS = Path(__file__).parents[1] / "constraints.txt"
 
-    return version(dist).split("+")[0]
+
+def _installed(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist).split("+")[0]
+    except PackageNotFoundError:
+        return None
+
+
+def _pins(text: str) -> dict[str, str]:
+    """name -> version of every `name[extras]==version` in `text` (quoted or one per line)."""
+    return {m[0].lower(): m[1]
+            for m in re.findall(r'(?m)(?:^|")([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==([^"\s]+)', text)}
+
+
+def test_pins_read_back_from_both_forms() -> None:
+    assert _pins('x "ray[default,train,tune]==2.60.0" "optuna==5.1.0"\n') == {
+        "ray": "2.60.0", "optuna": "5.1.0"}
+    assert _pins("# c\ntorch==2.14.1\nnumpy==2.4.6\n") == {"torch": "2.14.1", "numpy": "2.4.6"}
+
+
+def test_the_client_runs_what_constraints_pin() -> None:
+    """The README and CI install with -c constraints.txt, so every pinned package that is
+    installed is at its pin (boto3 is only in the `aws` extra)."""
+    pins = _pins(CONSTRAINTS.read_text())
+    assert {"ray", "torch", "torchvision", "mlflow", "optuna"} <= set(pins)
+    wrong = {d: (v, _installed(d)) for d, v in pins.items() if _installed(d) not in (None, v)}
+    assert not wrong, f"installed != constraints.txt: {wrong}"
 
 
 @pytest.mark.parametrize("path", [AWS, LOCAL], ids=["aws", "local"])
 def test_nodes_match_the_client_and_use_token_auth(path: Path) -> None:
     cfg = _load(path)
     setup = " ".join(cfg["setup_commands"])
-    for dist, extra in [("ray", "[default,train,tune]"), ("torch", ""), ("torchvision", ""),
-                        ("mlflow", ""), ("optuna", "")]:
-        assert f'"{dist}{extra}=={_installed(dist)}"' in setup, dist
+    # every node installs exactly the client's pins: constraints.txt is the one list
+    nodes, client = _pins(setup), _pins(CONSTRAINTS.read_text())
+    assert {d: nodes.get(d) for d in client if d != "boto3"} == {
+        d: v for d, v in client.items() if d != "boto3"}
+    assert all(client.get(d) == v for d, v in nodes.items()), (nodes, client)
+    assert '"ray[default,train,tune]==' in setup
     assert "uv venv --python 3.11" in setup and "pip install --python ~/venv/bin/python -e ~/kdray" in setup
     starts = cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"]
     ray_starts = [c for c in starts if "ray start" in c]
