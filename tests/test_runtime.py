@@ -197,7 +197,7 @@ def test_study_failing_trial_interrupt_and_resume(tmp_path, synth_root):
     assert "| oversized |" in table and "error" in table
     assert table.count("finished") == 3, table
     # Δ vs row a, paired per episode from the trials' MLflow eval/episodes.parquet (20 episodes)
-    assert "| a | 1 |" in table and table.count("(20 episodes) |") == 2, table
+    assert "| a | 1 |" in table and table.count("(20 episodes, 1 seed) |") == 2, table
 
 
 @pytest.mark.slow

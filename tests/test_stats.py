@@ -46,16 +46,38 @@ def test_paired_seed_delta_pairs_common_seeds_only():
         S.paired_seed_delta({5: 1.0}, base)
 
 
-def test_paired_episode_delta_pools_seeds_and_episodes():
+def test_paired_episode_delta_pools_episodes_of_fewer_than_three_seeds():
     base = {(0, 0): 50, (0, 1): 60, (0, 2): 70, (1, 0): 40, (1, 1): 55, (1, 2): 65}
     row = {(0, 0): 54, (0, 1): 63, (0, 2): 76, (1, 0): 45, (1, 1): 57, (1, 2): 70, (2, 0): 0}
-    # diffs 4, 3, 6, 5, 2, 5: mean 25/6; squared deviations sum 65/6, s^2 = 13/6
+    # 2 common seeds: diffs 4, 3, 6, 5, 2, 5 pooled: mean 25/6; squared deviations 65/6, s^2 = 13/6
     d = S.paired_episode_delta(row, base)
     half = T5 * math.sqrt(13 / 6) / math.sqrt(6)  # 1.5447
     assert d.n == 6 and d.pairing == "episodes" and d.mean == pytest.approx(25 / 6)
     assert d.low == pytest.approx(25 / 6 - half, abs=TOL)
     assert d.high == pytest.approx(25 / 6 + half, abs=TOL)
-    assert d.significant and d.text() == "+4.17 [+2.62, +5.71] * (6 episodes)"
+    assert d.significant and d.text() == "+4.17 [+2.62, +5.71] * (6 episodes, 2 seeds)"
+    one = S.paired_episode_delta({(0, i): 60.0 + i for i in range(3)},
+                                 {(0, i): 50.0 for i in range(3)})
+    assert one.text() == "+11.00 [+8.52, +13.48] * (3 episodes, 1 seed)"
+
+
+def test_paired_episode_delta_of_three_seeds_is_over_the_seeds():
+    """Episodes of one seed share its training run: from three seeds on, each seed's mean
+    episode difference is one value and the interval is a t-interval over the seeds."""
+    base = {(s, e): 50.0 for s in range(3) for e in range(4)}
+    # seed means of the differences: 1, 2, 6 (episodes spread around them: +-1, +-3, 0)
+    spread = {0: (0, 0, 1, -1), 1: (3, -3, 0, 0), 2: (0, 0, 0, 0)}
+    row = {(s, e): 50.0 + m + spread[s][e] for s, m in ((0, 1.0), (1, 2.0), (2, 6.0))
+           for e in range(4)}
+    d = S.paired_episode_delta(row, base)
+    # seed means 1, 2, 6: mean 3, s^2 = (4 + 1 + 9) / 2 = 7, half = t2 * sqrt(7 / 3) = 6.573
+    half = T2 * math.sqrt(7 / 3)
+    assert (d.mean, d.n, d.pairing) == (3.0, 3, "seeds")
+    assert d.low == pytest.approx(3 - half, abs=TOL) and d.high == pytest.approx(3 + half, abs=TOL)
+    assert not d.significant and d.text() == "+3.00 [-3.57, +9.57] (3 seeds, 12 episodes)"
+    # pooled over the 12 episodes the same numbers would look significant
+    pooled = S.t_interval([row[k] - base[k] for k in base], pairing="episodes")
+    assert pooled.significant
 
 
 def test_fewer_than_three_pairs_give_no_interval():
@@ -108,8 +130,9 @@ def _summary_line(text: str, label: str) -> str:
 
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
 def test_fewshot_table_marks_a_planted_better_row_and_not_an_identical_one(tmp_path, seeds):
-    """Per-episode pairing: +5 points on every episode (with noise) is significant even with one
-    seed; a row equal to the baseline up to noise of mean zero is not."""
+    """Per-episode pairing: +5 points on every episode (with noise) is significant with one seed
+    (interval over the episodes) and with three (interval over the seeds); a row equal to the
+    baseline up to noise of mean zero is not."""
     rng = np.random.default_rng(0)
     study = Study(name="fs", base=ExperimentConfig(), metric="acc_5w1s",
                   rows=(Row("base", {}), Row("better", {}), Row("same", {})),
@@ -117,10 +140,9 @@ def test_fewshot_table_marks_a_planted_better_row_and_not_an_identical_one(tmp_p
     trials = []
     for seed in seeds:
         base = rng.uniform(0.3, 0.7, EPISODES)
-        noise = rng.normal(0, 0.03, EPISODES // 2)
         trials += [_fewshot_trial("base", seed, base),
                    _fewshot_trial("better", seed, base + 0.05 + rng.normal(0, 0.03, EPISODES)),
-                   _fewshot_trial("same", seed, base + np.concatenate([noise, -noise]))]
+                   _fewshot_trial("same", seed, base + rng.normal(0, 0.03, EPISODES))]
     text = write_results_md(study, summarize_rows(study, trials), str(tmp_path / "fs.md"),
                             header={"study": "fs"})
     n = len(seeds)
@@ -129,11 +151,12 @@ def test_fewshot_table_marks_a_planted_better_row_and_not_an_identical_one(tmp_p
     assert "| baseline |" in _summary_line(text, "base")
     better = _summary_line(text, "better")
     assert f"| better | {n} |" in better
-    assert " * " in better and f"({n * EPISODES} episodes)" in better
+    count = f"({EPISODES} episodes, 1 seed)" if n == 1 else f"({n} seeds, {n * EPISODES} episodes)"
+    assert " * " in better and count in better
     delta = float(better.split(" | ")[3].split(" ")[0])  # the planted +5 points, give or take
     assert 4.0 < delta < 6.0, better
     same = _summary_line(text, "same")
-    assert "[-" in same and " * " not in same and f"({n * EPISODES} episodes)" in same
+    assert "[-" in same and " * " not in same and count in same
     # the per-trial table keeps run ids, status and the paper column
     assert "| `run-better-0` |" in text and "| paper | epochs | status | MLflow run |" in text
     assert "- study: fs" in text

@@ -4,10 +4,11 @@ the binomial interval of one top-1 run, and mean ± sample std over seeds. No Ra
 Pairing (row − baseline, same units as the metric, e.g. accuracy points):
 
 - few-shot rows pair per (seed, episode id): for a seed both rows are scored on the same episodes
-  (episode i is fixed by ``eval.seed``, way, shot and i), so the differences of all common
-  (seed, episode) pairs are pooled and given a t-interval. With one seed this interval is about
-  the episodes only (seed-to-seed training noise is not in it); with several seeds the pooled
-  pairs still treat episodes of different seeds as independent draws.
+  (episode i is fixed by ``eval.seed``, way, shot and i). The episodes of one seed share that
+  seed's training run, so they are not independent draws: with ``MIN_N`` (3) or more paired seeds
+  the interval is over the seeds (each seed's mean episode difference, t-interval with n = seeds),
+  which carries seed-to-seed training noise; with fewer seeds it is over the pooled episodes and
+  says how many seeds it rests on (it then covers episode sampling only, not training noise).
 - top-1 / FSCIL Avg / box AP rows pair per seed: mean Δ over the common seeds with
   ``t_{0.975, n-1} · s / √n``; fewer than ``MIN_N`` (3) pairs give no interval ("n too small").
 
@@ -37,6 +38,7 @@ class Delta:
     low: float | None = None
     high: float | None = None
     pairing: str = "seeds"
+    also: str = ""  # what else the pairs rest on, e.g. "1500 episodes" or "1 seed"
 
     @property
     def significant(self) -> bool:
@@ -47,6 +49,7 @@ class Delta:
         """e.g. "+1.20 [+0.31, +2.09] * (600 episodes)", or "+1.20 (n too small: 2 seeds)"."""
         mean = f"{self.mean:+.{digits}f}"
         count = f"{self.n} {self.pairing[:-1] if self.n == 1 else self.pairing}"
+        count += f", {self.also}" if self.also else ""
         if self.low is None or self.high is None:
             return f"{mean} ({TOO_SMALL}: {count})"
         return (f"{mean} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]{mark(self)} "
@@ -69,14 +72,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None, int]:
     return mean, math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (len(v) - 1)), len(v)
 
 
-def t_interval(diffs: Sequence[float], *, level: float = LEVEL, pairing: str = "seeds") -> Delta:
+def t_interval(diffs: Sequence[float], *, level: float = LEVEL, pairing: str = "seeds",
+               also: str = "") -> Delta:
     """Mean of paired differences with the t-interval mean ± t_{(1+level)/2, n-1} · s / √n
     (s: sample std); no interval when n < MIN_N."""
     mean, s, n = mean_std(diffs)
     if n < MIN_N or s is None:
-        return Delta(mean, n, pairing=pairing)
+        return Delta(mean, n, pairing=pairing, also=also)
     half = float(_st.t.ppf((1 + level) / 2, n - 1)) * s / math.sqrt(n)
-    return Delta(mean, n, mean - half, mean + half, pairing)
+    return Delta(mean, n, mean - half, mean + half, pairing, also)
 
 
 def _paired(row: Mapping[Hashable, float], base: Mapping[Hashable, float]) -> list[float]:
@@ -97,8 +101,22 @@ def paired_episode_delta(row: Mapping[tuple[int, int], float],
                          base: Mapping[tuple[int, int], float], *,
                          level: float = LEVEL) -> Delta:
     """Δ of few-shot accuracy: `{(seed, episode id): accuracy}` of the row and of the baseline,
-    paired per (seed, episode) and pooled over seeds, t-interval over all pairs."""
-    return t_interval(_paired(row, base), level=level, pairing="episodes")
+    paired per (seed, episode). With MIN_N or more seeds: the mean of each seed's mean
+    difference, t-interval over the seeds ("3 seeds, 1500 episodes"); with fewer: t-interval
+    over all pooled pairs ("500 episodes, 1 seed"), which leaves training noise out."""
+    by_seed: dict[Hashable, list[float]] = {}
+    for k in row:
+        if k in base:
+            by_seed.setdefault(k[0], []).append(float(row[k]) - float(base[k]))
+    if not by_seed:
+        raise ValueError("no common keys to pair the row with the baseline")
+    pairs = sum(len(v) for v in by_seed.values())
+    if len(by_seed) >= MIN_N:
+        return t_interval([math.fsum(v) / len(v) for v in by_seed.values()], level=level,
+                          pairing="seeds", also=f"{pairs} episodes")
+    seeds = len(by_seed)
+    return t_interval([d for v in by_seed.values() for d in v], level=level,
+                      pairing="episodes", also=f"{seeds} seed{'s' if seeds > 1 else ''}")
 
 
 def wilson_interval(successes: float, n: int, *, level: float = LEVEL) -> tuple[float, float]:

@@ -180,9 +180,11 @@ def row_summary(study: Study, rows: list[dict[str, Any]],
     heads = dict((k, h) for h, k in cols)
     compared = [(heads.get(k, k), k) for k in study.compared] if base_label else []
     health = [h for h, _ in _checks([r for g in groups.values() for r in g]) if h == "health"]
-    about = (f"; Δ = row − baseline `{base_label}`, 95% CI, paired per (seed, episode) for "
-             f"few-shot accuracy, else per seed (t-interval, none below {stats.MIN_N} seeds); "
-             "* = CI excludes 0" if compared else "")
+    about = (f"; Δ = row − baseline `{base_label}`, 95% CI (t-interval): few-shot accuracy "
+             f"pairs per (seed, episode), the interval over seeds from {stats.MIN_N} seeds on, "
+             "else over the pooled episodes (then without training noise); other metrics pair "
+             f"per seed (no interval below {stats.MIN_N} seeds); * = CI excludes 0"
+             if compared else "")
     out = ["", "Per setting over its seeds that ran to the end: mean ± sample std, "
            f"n seeds{about}.", "",
            "| " + " | ".join(["setting", "n", *(h for h, _ in cols), *health,
