@@ -259,3 +259,61 @@ def test_ledger_help_and_study_tables_link_their_ledger_lines(tmp_path, capsys):
                   rows=(Row("KD", {}),))
     text = write_results_md(study, [], str(tmp_path / "s.md"), header={})
     assert "- ledger: [results/LEDGER.md#sskd_ablation_smoke](LEDGER.md#sskd_ablation_smoke)" in text
+
+
+def test_a_rebuild_keeps_the_runs_and_lines_of_stores_no_longer_given(tmp_path, monkeypatch):
+    """The runs read once are kept in ledger_runs.jsonl: a rebuild from another (here empty)
+    store gives the same line from them. A line of a ledger written before that file existed
+    is carried as the old ledger.csv had it, marked [carried]; a study with runs is rebuilt."""
+    import csv
+    import io
+
+    import kdray.runtime.ledger as runtime_ledger
+    from kdray.cli import main
+    from kdray.ledger.carry import RUNS_FILE, slim
+
+    cells = [_cell("sskd/cifar100/wrn_40_2-wrn_16_2/kd"), _cell("m2sd/cifar100/cec/avg")]
+    monkeypatch.setattr(runtime_ledger, "load_cells", lambda: cells)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "empty").mkdir()
+    a, empty = _store(tmp_path / "a"), f"sqlite:///{tmp_path / 'empty' / 'mlflow.db'}"
+    out = tmp_path / "results"
+
+    def line(prefix: str) -> str:
+        text = (out / "LEDGER.md").read_text()
+        return next(x for x in text.splitlines() if x.startswith(f"| {prefix}"))
+
+    assert main(["ledger", "--tracking-uri", a, "--out", str(out)]) == 0
+    first, first_csv = line("sskd/cifar100/wrn_40_2"), (out / "ledger.csv").read_text()
+    assert "74.90 ± 0.28 (n=2)" in first and (out / RUNS_FILE).is_file()
+    assert main(["ledger", "--tracking-uri", empty, "--out", str(out)]) == 0
+    assert line("sskd/cifar100/wrn_40_2") == first and (out / "ledger.csv").read_text() == first_csv
+    assert "4 earlier runs from ledger_runs.jsonl" in (out / "LEDGER.md").read_text()
+
+    # a ledger from before the runs file: its m2sd line ran in a store not given now
+    (out / RUNS_FILE).unlink()
+    rows = list(csv.DictReader(io.StringIO(first_csv)))
+    m2sd = next(r for r in rows if r["cell"] == "m2sd/cifar100/cec/avg")
+    m2sd.update({"mini_mean": "57.5667", "mini_std": "0.0306", "mini_n": "3",
+                 "compared_tier": "mini", "status": "other setting", "commits": "fe9aa8b",
+                 "compute": "mini: 0.2 CPU-core-h", "mlflow_run_ids": "c35d1444ae42;66da71df8b9d"})
+    sskd = next(r for r in rows if r["cell"].startswith("sskd/"))
+    sskd["mini_mean"] = "1.0"  # its study has runs in store a: rebuilt, not carried
+    with open(out / "ledger.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["ledger", "--tracking-uri", a, "--out", str(out)]) == 0
+    again = {r["cell"]: r for r in csv.DictReader(open(out / "ledger.csv"))}
+    assert again["m2sd/cifar100/cec/avg"] == m2sd
+    assert again["sskd/cifar100/wrn_40_2-wrn_16_2/kd"]["mini_mean"] == ""
+    carried = line("m2sd/cifar100/cec/avg")
+    assert "57.57 ± 0.03 (n=3)" in carried and "other setting (mini) [carried]" in carried
+    assert "`c35d1444`, `66da71df`" in carried and "fe9aa8b" in carried
+    text = (out / "LEDGER.md").read_text()
+    assert "[carried]: 1 lines kept" in text and "1 other setting" in text
+    assert line("sskd/cifar100/wrn_40_2") == first
+
+    # only the metrics a ledger reads are kept
+    assert slim({"metrics": {"test/top1": 1.0, "train/loss": 2.0, "epoch": 3}})["metrics"] == {
+        "test/top1": 1.0, "epoch": 3}

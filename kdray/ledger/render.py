@@ -89,6 +89,9 @@ class Line:
     delta: float | None = None
     status: str = "not run"
     estimate: Estimate | None = None
+    # a line kept as it was from the previous ledger.csv (`kdray.ledger.carry`): its study has no
+    # run in any source read now; the csv's result columns, by CSV_COLUMNS name
+    carried: dict[str, str] | None = None
 
     @property
     def anchor(self) -> str:
@@ -205,6 +208,9 @@ def render_csv(lines: list[Line]) -> str:
     w.writerow(CSV_COLUMNS)
     for ln in lines:
         c = ln.cell
+        if ln.carried is not None:
+            w.writerow([*_cell_columns(ln), *(ln.carried.get(k, "") for k in RESULT_COLUMNS)])
+            continue
         compute, commits, hashes, ids = _facts(ln)
         tiers = []
         for t in ("smoke", "mini", c.preset):
@@ -212,12 +218,38 @@ def render_csv(lines: list[Line]) -> str:
             tiers += [_num(res.mean, ".4f"), _num(res.std, ".4f"), str(res.n)] if res else ["",
                                                                                           "", "0"]
         est = ln.estimate
-        w.writerow([c.id, c.method, c.paper, c.table, c.row, c.column, _num(c.value, "g"),
-                    _num(c.pm, "g"), c.pm_kind or "", _setting(c), c.source, c.study, c.preset,
-                    ln.row, c.metric, *tiers, ln.compared, _num(ln.delta, ".4f"), ln.status,
+        w.writerow([*_cell_columns(ln), *tiers, ln.compared, _num(ln.delta, ".4f"), ln.status,
                     compute, _num(est.gpu_hours if est else None, ".4g"),
                     est.label() if est else "", commits, hashes, ";".join(ids)])
     return buf.getvalue()
+
+
+RESULT_COLUMNS = CSV_COLUMNS[15:]  # what the runs decide (the first 15: the paper cell and row)
+
+
+def _cell_columns(ln: Line) -> list[str]:
+    c = ln.cell
+    return [c.id, c.method, c.paper, c.table, c.row, c.column, _num(c.value, "g"),
+            _num(c.pm, "g"), c.pm_kind or "", _setting(c), c.source, c.study, c.preset, ln.row,
+            c.metric]
+
+
+def _carried_md(ln: Line) -> tuple[list[str], str, str, str, str, str, str]:
+    """(tier texts, Δ, status, cost, commits, config hashes, runs) of a carried line."""
+    k = ln.carried or {}
+    tiers = []
+    for t in ("smoke", "mini", "preset"):
+        n, mean, std = k.get(f"{t}_n", "0"), k.get(f"{t}_mean", ""), k.get(f"{t}_std", "")
+        text = "–" if n in ("", "0") or not mean else (
+            f"{float(mean):.2f}" + (f" ± {float(std):.2f}" if std else "") + f" (n={n})")
+        tiers.append(f"{ln.cell.preset}: {text}" if t == "preset" else text)
+    delta = f"{float(k['delta']):+.2f}" if k.get("delta") else "–"
+    status = (k.get("status") or "not run") + (
+        f" ({k['compared_tier']})" if k.get("compared_tier") else "") + " [carried]"
+    cost = "; ".join(x for x in (k.get("compute"), k.get("estimate")) if x) or "–"
+    runs = ", ".join(f"`{i[:8]}`" for i in (k.get("mlflow_run_ids") or "").split(";") if i)
+    return (tiers, delta, status, cost, k.get("commits") or "–", k.get("config_hashes") or "–",
+            runs or "–")
 
 
 def _setting(c: Cell) -> str:
@@ -229,10 +261,15 @@ def _md(text: str) -> str:
 
 
 def render_md(lines: list[Line], sources: list[str] | None = None) -> str:
-    """The ledger as Markdown; `sources`: the MLflow stores it was read from, as shown."""
+    """The ledger as Markdown; `sources`: what its runs were read from (MLflow stores, the
+    previous ledger's runs file), as shown."""
     counts = {s: sum(1 for ln in lines if ln.status == s) for s in STATUSES}
     stores = ("the MLflow store alone" if not sources or len(sources) == 1 else
-              f"{len(sources)} MLflow stores (" + ", ".join(f"`{x}`" for x in sources) + ")")
+              f"{len(sources)} sources (" + ", ".join(f"`{x}`" for x in sources) + ")")
+    held = sum(ln.carried is not None for ln in lines)
+    carried = ([f"- [carried]: {held} lines kept as the previous ledger.csv had them: their "
+                "studies have no run in any source read now (rerun the study, or give its "
+                "store, to rebuild them)."] if held else [])
     out = ["# Reproduction ledger", "",
            f"Written by `kdray ledger` from {stores} (rerun it to refresh; the file "
            "is sorted and has no timestamps). One line per paper cell and study row aimed at it "
@@ -249,7 +286,7 @@ def render_md(lines: list[Line], sources: list[str] | None = None) -> str:
            f"- estimates (cells whose preset has not run): torch.utils.flop_counter FLOPs of one training step "
            f"(student forward+backward, teacher forward, every view; method heads, stages and "
            f"evaluation excluded) scaled to the preset's batch and steps, at {ASSUMPTION}; "
-           f"per seed.", "",
+           f"per seed.", *carried, "",
            "Summary: " + ", ".join(f"{counts[s]} {s}" for s in STATUSES), ""]
     studies: dict[str, list[Line]] = {}
     for ln in lines:
@@ -262,6 +299,13 @@ def render_md(lines: list[Line], sources: list[str] | None = None) -> str:
                 "|---" * 14 + "|"]
         for ln in group:
             c = ln.cell
+            if ln.carried is not None:
+                tiers, delta, status, cost, commits, hashes, runs = _carried_md(ln)
+                out.append("| " + " | ".join(_md(x) for x in (
+                    c.id, f"{c.paper.split(',')[0]}, {c.table}, {c.row}, {c.column}",
+                    _setting(c), ln.row, _paper_text(c), *tiers, delta, status, cost, commits,
+                    hashes)) + f" | {runs} |")
+                continue
             compute, commits, hashes, ids = _facts(ln)
             tiers = [ln.tiers[t].text() if t in ln.tiers else "–" for t in ("smoke", "mini")]
             own = ln.tiers.get(c.preset)

@@ -12,6 +12,7 @@ from typing import Any
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
+from kdray.ledger import carry
 from kdray.ledger.cells import Cell, load_cells
 from kdray.ledger.flops import estimate
 from kdray.ledger.render import build_lines, render_csv, render_md
@@ -104,23 +105,34 @@ def read_runs(tracking_uri: str, cells: list[Cell]) -> list[dict[str, Any]]:
 def write_ledger(tracking_uri: str | list[str] | None = None, out_dir: str = "results",
                  cells: list[Cell] | None = None) -> tuple[str, str]:
     """Write `<out_dir>/LEDGER.md` and `<out_dir>/ledger.csv` from one MLflow store or several
-    (studies run in different stores, e.g. one per machine; a run found twice counts once);
-    return their paths."""
+    (studies run in different stores, e.g. one per machine; a run found twice counts once) and
+    from the runs of the ledger already there (`<out_dir>/ledger_runs.jsonl`, rewritten with
+    every run used); lines of studies with no run at all stay as the previous ledger.csv had
+    them (`kdray.ledger.carry`). Return the paths of LEDGER.md and ledger.csv."""
     cells = load_cells() if cells is None else cells
     from kdray.runtime.study_report import portable_uri
 
     uris = ([tracking_uri] if isinstance(tracking_uri, str) else list(tracking_uri or [])
             or [default_tracking_uri()])
+    md, csv_path = os.path.join(out_dir, "LEDGER.md"), os.path.join(out_dir, "ledger.csv")
+    runs_path = os.path.join(out_dir, carry.RUNS_FILE)
     seen: dict[str, dict[str, Any]] = {}
     for uri in uris:
         for r in read_runs(uri, cells):
-            seen.setdefault(r["run_id"], r)
+            seen.setdefault(r["run_id"], carry.slim(r))
+    kept = [r for r in carry.read_runs(runs_path) if r["run_id"] not in seen]
+    for r in kept:  # the previous ledger's runs: a store read now wins
+        seen[r["run_id"]] = r
     runs = sorted(seen.values(), key=lambda r: (r["study"], r["row"], str(r["seed"]), r["run_id"]))
-    lines = build_lines(cells, runs, estimate=estimate)
+    lines = carry.carry(build_lines(cells, runs, estimate=estimate), runs,
+                        carry.read_previous(csv_path))
+    sources = [portable_uri(u, keep_folder=True) for u in uris]
+    if kept:
+        sources.append(f"{len(kept)} earlier runs from {carry.RUNS_FILE}")
     os.makedirs(out_dir, exist_ok=True)
-    md, csv_path = os.path.join(out_dir, "LEDGER.md"), os.path.join(out_dir, "ledger.csv")
     with open(md, "w", encoding="utf-8") as f:
-        f.write(render_md(lines, [portable_uri(u, keep_folder=True) for u in uris]))
+        f.write(render_md(lines, sources))
     with open(csv_path, "w", encoding="utf-8", newline="") as f:
         f.write(render_csv(lines))
+    carry.write_runs(runs_path, runs)
     return md, csv_path
