@@ -144,6 +144,8 @@ def test_mkd_mini_preset_runs_on_generated_shapes(tmp_path, monkeypatch):
     assert [r.label for r in study.rows] == ["Student alone",
                                              "Feature MSE, no masking (FGD-style, 1x1 align)",
                                              "+ global loss (MKD full)"]
+    # the mini tier's global weight is the one chosen on val (docs/methods/mkd.md §2.10)
+    assert study.base.method_cfg.w_global == P.MINI_W_GLOBAL == 5e-6
     assert study.claims == (("+ global loss (MKD full)", "Student alone"),
                             ("+ global loss (MKD full)",
                              "Feature MSE, no masking (FGD-style, 1x1 align)"))
