@@ -94,6 +94,27 @@ def test_parent_child_in_explicit_experiment(store, monkeypatch: pytest.MonkeyPa
     assert not (root / "mlruns").exists()
 
 
+def test_a_run_found_again_does_not_log_its_recorded_epochs_twice(store) -> None:
+    """A restart from a checkpoint older than the last epoch recorded (the last report was not
+    consumed before the interruption) trains that epoch again: its steps are not logged twice,
+    the ones after it are."""
+    uri, client, _ = store
+    exp = get_or_create_experiment(client, "again")
+    first = TrialTracker(uri, exp, None, run_key="k", run_name="r")
+    for epoch, step in ((1, 3), (2, 6)):
+        first.log_metrics({"train_step/loss": 1.0 / epoch}, step - 1)
+        first.log_metrics({"epoch": epoch, "train/loss": 1.0 / epoch}, step)
+    again = TrialTracker(uri, exp, None, run_key="k", run_name="r")
+    assert again.run_id == first.run_id and again.resumed and again.recorded_step == 6
+    assert again.log_metrics({"train_step/loss": 0.5}, 5) == 0
+    assert again.log_metrics({"epoch": 2, "train/loss": 0.5}, 6) == 0
+    assert again.log_metrics({"epoch": 3, "train/loss": 0.25}, 9) == 2
+    hist = client.get_metric_history(first.run_id, "epoch")
+    assert [(m.step, m.value) for m in hist] == [(3, 1.0), (6, 2.0), (9, 3.0)]
+    assert len(client.get_metric_history(first.run_id, "train_step/loss")) == 2
+    assert TrialTracker(uri, exp, None, run_key="new", run_name="n").recorded_step == -1
+
+
 def test_params_and_metric_history(store) -> None:
     uri, client, root = store
     exp = get_or_create_experiment(client, "params")

@@ -218,6 +218,8 @@ class TrialTracker(RunLogger):
                  tags: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         self.resumed = False
+        # the last step of the last epoch a run found again holds (-1: none): not logged twice
+        self.recorded_step = -1
         split = (tags or {}).get("kdray.split")  # the pictures' title: run name and split
         self.title = run_name + (f" · {split} split" if split else "")
         if not enabled:
@@ -232,9 +234,21 @@ class TrialTracker(RunLogger):
         else:
             self.resumed = True
             reopen(client, run)
+            epochs = client.get_metric_history(run.info.run_id, "epoch")
+            self.recorded_step = max((int(m.step) for m in epochs), default=-1)
         self._client, self._run_id = client, run.info.run_id
         if tags:
             self.set_tags(tags)
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> int:
+        """As `RunLogger.log_metrics`, but a run found again skips the steps up to the end of the
+        last epoch it recorded. A restart can resume from an earlier checkpoint than the last
+        epoch recorded (docs/runtime.md §P10: the last report was not consumed before the
+        interruption) and train that epoch again; exact resume gives the same values, and MLflow
+        would keep both points."""
+        if step <= self.recorded_step:
+            return 0
+        return super().log_metrics(metrics, step)
 
 
 class StudyRun(RunLogger):
