@@ -88,7 +88,8 @@ def test_cells_agree_with_the_presets_paper_columns():
 
 
 def test_every_cell_renders_as_not_run_without_runs():
-    from kdray.ledger.render import render_csv, render_md
+    from kdray.ledger.markdown import render_md
+    from kdray.ledger.render import render_csv
 
     lines = build_lines(CELLS, [])
     md, csv = render_md(lines), render_csv(lines)

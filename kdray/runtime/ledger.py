@@ -15,7 +15,8 @@ from mlflow.tracking import MlflowClient
 from kdray.ledger import carry
 from kdray.ledger.cells import Cell, load_cells
 from kdray.ledger.flops import estimate
-from kdray.ledger.render import build_lines, render_csv, render_md
+from kdray.ledger.markdown import render_md
+from kdray.ledger.render import build_lines, render_csv
 from kdray.runtime.mlflow_store import (
     TAG_GIT,
     TAG_PARENT,
