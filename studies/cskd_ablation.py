@@ -7,13 +7,9 @@ TPE search (ASHA) over w_cskd, w_distill and the schedule. Writes results/cskd_a
     python studies/cskd_ablation.py --preset imagenet   # DeiT-Ti + RegNetY-16GF (also imagenet_s/_b)
 """
 
-import os
-
-from kdray.data import num_train_classes
-from kdray.modules.teachers import write_card
 from kdray.presets import cskd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.driver import study_stage
+from kdray.runtime.teacher_stage import teacher_stage
 from kdray.study import Study, split_note
 
 
@@ -38,16 +34,9 @@ def with_teacher(study: Study, args) -> Study:
     if args.preset not in P.TEACHER or study.base.model.teacher_ckpt:
         return study
     cfg = study.base.override({**P.TEACHER[args.preset], "name": f"{study.name}-teacher"})
-    stage = study_stage(study, args, cfg, "teacher")
-    acc = stage.metrics.get(cfg.eval.key("top1"), float("nan"))
-    card = write_card(stage.checkpoint, arch=cfg.model.arch, dataset=cfg.data.dataset,
-                      num_classes=num_train_classes(cfg), top1=acc, eval_split=cfg.eval.split,
-                      registry=os.path.join(args.results_dir, "teachers.json"))
-    print(f"[kdray] teacher {cfg.model.arch}: top-1 {acc:.2f}% ({stage.checkpoint}, sha256 "
-          f"{card.sha256[:12]})")
-    return study.starting_from("model.teacher_ckpt", stage.checkpoint,
-                               f"Teacher {cfg.model.arch}: top-1 {acc:.2f}% (full {cfg.eval.split} "
-                               "split).")
+    t = teacher_stage(study, args, cfg, "teacher")
+    return study.starting_from("model.teacher_ckpt", t.checkpoint,
+                               f"Teacher {t.text} (full {cfg.eval.split} split).")
 
 
 if __name__ == "__main__":

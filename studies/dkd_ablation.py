@@ -8,7 +8,7 @@ TPE search (ASHA) over alpha (w_tckd), beta (w_nckd) and T. Writes results/dkd_a
 
 from kdray.presets import dkd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.driver import study_stage
+from kdray.runtime.teacher_stage import teacher_stage
 from kdray.study import Study, split_note
 
 
@@ -23,17 +23,15 @@ def build(preset: str) -> Study:
 
 
 def with_teacher(study: Study, args) -> Study:
-    """Train the teacher once (reused on re-runs) unless model.teacher_ckpt is given."""
+    """Train the teacher once (reused on re-runs) unless model.teacher_ckpt is given, and
+    register it with its measured top-1 (results/teachers.json)."""
     if study.base.model.teacher_ckpt:
         return study
     arch = study.base.model.teacher_arch
     cfg = study.base.override({**P.TEACHER[args.preset], "model.arch": arch,
                                "model.teacher_arch": "", "name": f"{study.name}-teacher"})
-    stage = study_stage(study, args, cfg, f"teacher-{arch}")
-    acc = stage.metrics.get(cfg.eval.key("top1"), float("nan"))
-    print(f"[kdray] teacher {arch}: top-1 {acc:.2f}% ({stage.checkpoint})")
-    return study.starting_from("model.teacher_ckpt", stage.checkpoint,
-                               f"Teacher {arch}: top-1 {acc:.2f}%.")
+    t = teacher_stage(study, args, cfg, f"teacher-{arch}")
+    return study.starting_from("model.teacher_ckpt", t.checkpoint, f"Teacher {t.text}.")
 
 
 if __name__ == "__main__":

@@ -10,13 +10,9 @@ Writes results/mkd_ablation_<preset>.md.
     python studies/mkd_ablation.py --preset coco --set model.teacher_ckpt=retinanet_r101.pt
 """
 
-import os
-
-from kdray.data import num_train_classes
-from kdray.modules.teachers import write_card
 from kdray.presets import mkd as P
 from kdray.runtime.cli_study import main
-from kdray.runtime.driver import study_stage
+from kdray.runtime.teacher_stage import teacher_stage
 from kdray.study import Study, split_note
 
 COLUMNS = tuple((k, k) for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"))
@@ -55,16 +51,8 @@ def with_teacher(study: Study, args) -> Study:
     if study.base.model.teacher_ckpt:
         return study
     cfg = study.base.override({**P.TEACHER[args.preset], "name": f"{study.name}-teacher"})
-    stage = study_stage(study, args, cfg, "teacher")
-    ap = stage.metrics.get(cfg.eval.key("AP"), float("nan"))
-    card = write_card(stage.checkpoint, arch=cfg.model.arch, dataset=cfg.data.dataset,
-                      num_classes=num_train_classes(cfg), top1=100 * ap, metric="AP",
-                      eval_split=cfg.eval.split,
-                      registry=os.path.join(args.results_dir, "teachers.json"))
-    print(f"[kdray] teacher RetinaNet-{cfg.model.arch}: AP {ap:.3f} ({stage.checkpoint}, "
-          f"sha256 {card.sha256[:12]})")
-    return study.starting_from("model.teacher_ckpt", stage.checkpoint,
-                               f"Teacher RetinaNet-{cfg.model.arch}: AP {ap:.3f}.")
+    t = teacher_stage(study, args, cfg, "teacher", metric="AP")
+    return study.starting_from("model.teacher_ckpt", t.checkpoint, f"Teacher {t.text}.")
 
 
 if __name__ == "__main__":

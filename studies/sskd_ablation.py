@@ -13,15 +13,13 @@ Writes results/sskd_ablation_<preset>.md.
                                                         # timm resnet34 -> resnet18, T2 only
 """
 
-import os
 from dataclasses import replace
 
-from kdray.config import ExperimentConfig
 from kdray.methods.sskd.method import teacher_states
-from kdray.modules.teachers import write_card
 from kdray.presets import sskd as P
+from kdray.runtime import driver
 from kdray.runtime.cli_study import main
-from kdray.runtime.driver import study_stage
+from kdray.runtime.teacher_stage import teacher_stage
 from kdray.study import Study, split_note
 
 
@@ -57,19 +55,13 @@ def with_teacher(study: Study, args) -> Study:
     if not given:  # T1; a given classifier checkpoint (e.g. torchvision weights) skips it
         t1 = base.override({**P.TEACHER[preset], "model.arch": t_arch, "model.teacher_arch": "",
                             "optim.lr": P.lr_for(t_arch, preset), "name": f"{study.name}-t1"})
-        given = study_stage(study, args, t1, f"t1-{t_arch}").checkpoint
+        given = driver.study_stage(study, args, t1, f"t1-{t_arch}").checkpoint
     t2 = base.override({**P.SS_HEAD[preset], "model.teacher_ckpt": given,
                         "optim.lr": P.lr_for(t_arch, preset), "name": f"{study.name}-t2",
                         "method_cfg.transforms": base.method_cfg.transforms})
-    r2 = study_stage(study, args, t2, f"t2-{t_arch}")
-    acc = r2.metrics.get(t2.eval.key("top1"), float("nan"))
-    card = write_card(r2.checkpoint, arch=t_arch, dataset=base.data.dataset,
-                      num_classes=_classes(base), top1=acc, eval_split=base.eval.split,
-                      ss_transforms=base.method_cfg.transforms,
-                      ss_acc=r2.metrics.get("train/ss_acc", -1.0),
-                      registry=os.path.join(args.results_dir, "teachers.json"))
-    print(f"[kdray] teacher {t_arch}: top-1 {acc:.2f}%, SS accuracy {card.ss_acc:.1f}% "
-          f"({r2.checkpoint}, sha256 {card.sha256[:12]})")
+    r2 = teacher_stage(study, args, t2, f"t2-{t_arch}", arch=t_arch,
+                       ss_transforms=base.method_cfg.transforms, ss_acc_key="train/ss_acc")
+    acc = r2.score
     paper_t = P.paper_number("teacher", t_arch, s_arch, preset)
     # preflight re-measures the registered teacher before any row starts (5-point slack: it
     # scores method_cfg.teacher_eval_items images, the card the full split)
@@ -78,12 +70,6 @@ def with_teacher(study: Study, args) -> Study:
     return replace(study, base=base.override(check),
                    description=study.description + f" Teacher {t_arch}: top-1 {acc:.2f}% "
                    f"(paper {paper_t or 'n/a'}).")
-
-
-def _classes(cfg: ExperimentConfig) -> int:
-    from kdray.data import num_train_classes
-
-    return num_train_classes(cfg)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,9 @@ def test_mkd_teacher_of_a_searched_study_leaves_the_carved_val_out(monkeypatch, 
     mod = load_study("mkd_ablation")
     seen = _capture_stages(monkeypatch)
     cards = []   # the teacher is registered with its box AP (the stage here is a recorder)
-    monkeypatch.setattr(mod, "write_card", lambda ckpt, **kw: cards.append((ckpt, kw))
+    import kdray.runtime.teacher_stage as teacher_stage
+
+    monkeypatch.setattr(teacher_stage, "write_card", lambda ckpt, **kw: cards.append((ckpt, kw))
                         or SimpleNamespace(sha256="0" * 64))
     s = mod.build("smoke")
     s = replace(s, base=s.base.override({"data.root": coco_root}))

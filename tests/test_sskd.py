@@ -384,6 +384,7 @@ def test_smoke_study_trains_t1_t2_registers_the_teacher_and_runs_rows(tmp_path, 
     """The study's `before` hook with stages run in-process at a tiny size (no Ray): T1 (ce) and
     T2 (sskd_teacher) checkpoints, a teacher card, then the CE-only and full SSKD rows."""
     from kdray.engine.runner import run_local, train
+    from kdray.runtime import driver
     from kdray.runtime.driver import StageResult
 
     mod = load_study("sskd_ablation")
@@ -395,7 +396,7 @@ def test_smoke_study_trains_t1_t2_registers_the_teacher_and_runs_rows(tmp_path, 
         res = run_local(cfg.override(tiny), str(tmp_path / name))
         return StageResult(str(tmp_path / name / "checkpoint.pt"), res.metrics, None, False)
 
-    monkeypatch.setattr(mod, "study_stage", fake_stage)
+    monkeypatch.setattr(driver, "study_stage", fake_stage)
     args = argparse.Namespace(preset="smoke", storage_path=None, tracking_uri=None, address=None,
                               results_dir=str(tmp_path / "results"))
     study = mod.with_teacher(mod.build("smoke"), args)
