@@ -36,12 +36,12 @@ def build(preset: str) -> Study:
 
 def _describe(base: ExperimentConfig) -> str:
     ds = base.data.dataset
-    refs = "; ".join(P.REFERENCE.get(ds, {}).values()) or "none (generated data)"
     return (f"M2SD on {ds} ({base.model.arch}): every row starts from one stage-1 (CE base "
             f"training) checkpoint and trains {base.train.epochs} more epochs on the base session. "
             "Columns: top-1 (%) over all seen classes after each session (S0 = base), Avg, "
             "PD = S0 - last, and base / novel accuracy and their harmonic mean after the last "
-            f"session. {split_note(base)} References (docs/methods/m2sd.md §5.5, recalled): {refs}.")
+            f"session. {split_note(base)} References (docs/methods/m2sd.md §5.5, recalled): "
+            f"{P.reference_note(ds)}.")
 
 
 def with_stage1(study: Study, args) -> Study:

@@ -118,6 +118,10 @@ def test_m2sd_mini_preset_runs_on_fscil_cifar10(shared_data, tmp_path):
                                              "+ attention enhancement (full M2SD)"]
     assert study.claims == (("+ attention enhancement (full M2SD)",
                              "prototype baseline (CE continued)"),)
+    # real CIFAR-10, with CIFAR-100 references labelled as such (not "generated data")
+    assert "generated" not in study.description and "labelled C100" in study.description
+    assert study.rows[0].paper.startswith("C100 ") and "generated data" in mod.build(
+        "smoke").description
     stage1 = _short(mod.stage1_config(study, "mini"), **{"eval.kind": "none"})
     study = study.starting_from("train.init_from", _stage(stage1, tmp_path / "stage1"), "")
     assert len(study.validate()) == 9

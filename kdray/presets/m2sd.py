@@ -118,6 +118,14 @@ REFERENCE = {
 CEC_CIFAR100_SESSIONS = (73.07, 68.88, 65.26, 61.19, 58.09, 55.57, 53.22, 51.34, 49.14)
 
 
+def reference_note(dataset: str) -> str:
+    """What the study's description says of its reference numbers."""
+    if dataset == "fscil_cifar10":   # real CIFAR-10, but no FSCIL paper reports on it
+        return ("none on CIFAR-10; the paper column shows CIFAR-100's (60 base classes, 8 "
+                "sessions), labelled C100, for scale only: another dataset and protocol")
+    return "; ".join(REFERENCE.get(dataset, {}).values()) or "none (generated data)"
+
+
 def paper_number(key: str, dataset: str) -> str:
     """The reference for a row: CEC beside the prototype baseline, CEC and FACT beside M2SD
     (fscil_cifar10, the mini tier: CIFAR-100's, labelled C100)."""
