@@ -1,4 +1,4 @@
-"""SSKD (ECCV 2020) ablation: CE only, KD, KD + L_T, KD + L_ss, selective-transfer ratios
+r"""SSKD (ECCV 2020) ablation: CE only, KD, KD + L_T, KD + L_ss, selective-transfer ratios
 {0, 0.25, 0.5, 1.0} and full SSKD (ratio 0.75), then a TPE search (ASHA) over w_ss, w_tf, tau_ss
 and ratio_ss. The teacher (T1, method ce) and its SS module (T2, method sskd_teacher) are trained
 first as tracked stages and registered with a card (checksum, arch, dataset, accuracy).

@@ -89,6 +89,22 @@ def test_study_name_help_is_the_studys_own(capsys):
     assert "presets (rough cost" in out and "--verbose" in out
 
 
+def test_every_studys_help_prints_its_docstring_as_written():
+    """A docstring's example commands are printed as in the source: a shell line continuation
+    (`\\` at a line's end) in a non-raw docstring would join two lines in --help."""
+    import ast
+    from pathlib import Path
+
+    studies = sorted(Path(__file__).parents[1].glob("studies/*.py"))
+    assert len(studies) >= 5
+    for path in studies:
+        src = path.read_text()
+        node = ast.parse(src).body[0]
+        written = ast.get_source_segment(src, node.value)
+        quote = written.index('"""') + 3
+        assert ast.get_docstring(ast.parse(src), clean=False) == written[quote:-3], path.name
+
+
 def _store_with_study(tmp_path, name: str) -> str:
     from mlflow.tracking import MlflowClient
 
