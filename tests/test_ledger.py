@@ -144,6 +144,52 @@ def test_lines_per_tier_against_hand_made_runs():
     assert ln.status == "not run" and not ln.tiers
 
 
+def test_a_rebuild_from_one_tier_keeps_the_other_tiers_of_the_previous_csv():
+    """Only the smoke study ran again: the line is rebuilt from it, and its mini and paper-preset
+    tiers, which the previous ledger.csv had from runs no longer read, are kept with their
+    compute and marked [carried]; the status is about the fullest tier, the carried preset."""
+    import csv
+    import io
+
+    from kdray.ledger.carry import carry, tier_compute
+    from kdray.ledger.markdown import render_md
+    from kdray.ledger.render import CarriedTier, render_csv
+
+    cell = _cell("sskd/cifar100/wrn_40_2-wrn_16_2/kd")   # 74.92, no std given
+    smoke = {"data.dataset": "cifar10", "model.teacher_arch": "conv4", "model.arch": "conv2"}
+    runs = [_run("sskd_ablation_smoke", "KD", 0, 31.0, smoke)]
+    old = {"mini_mean": "46.0567", "mini_std": "0.6", "mini_n": "3", "preset_mean": "74.9",
+           "preset_std": "0.1414", "preset_n": "2", "smoke_mean": "30.0", "smoke_n": "1",
+           "compared_tier": "cifar100", "status": "within", "delta": "-0.02",
+           "compute": "smoke: 0.01 CPU-core-h; mini: 0.5 CPU-core-h; cifar100: 4 GPU-h (A100); "
+                      "0.5 CPU-core-h"}
+    (ln,) = carry(build_lines([cell], runs, estimate=lambda c: "est"), runs,
+                  {(cell.id, "KD"): old})
+    assert ln.carried is None and ln.tiers["smoke"].values == [31.0]   # rebuilt from the run
+    mini, own = ln.tiers["mini"], ln.tiers["cifar100"]
+    assert isinstance(mini, CarriedTier) and (mini.mean, mini.std, mini.n) == (46.0567, 0.6, 3)
+    assert (own.mean, own.n) == (74.9, 2) and ln.estimate is None
+    assert ln.compared == "cifar100" and ln.status == "within"
+    assert ln.delta == pytest.approx(74.9 - 74.92)
+    row = next(csv.DictReader(io.StringIO(render_csv([ln]))))
+    assert (row["smoke_mean"], row["mini_mean"], row["mini_n"]) == ("31.0000", "46.0567", "3")
+    assert row["compute"] == ("smoke: 2 CPU-core-h; mini: 0.5 CPU-core-h [carried]; cifar100: "
+                              "4 GPU-h (A100); 0.5 CPU-core-h [carried]")
+    assert row["mlflow_run_ids"] == runs[0]["run_id"]      # a carried tier's runs are not listed
+    md = render_md([ln])
+    assert "46.06 ± 0.60 (n=3) [carried]" in md and "cifar100: 74.90 ± 0.14 (n=2) [carried]" in md
+    assert "0 lines and 2 tiers of rebuilt lines kept" in md
+    # a tier whose study ran now is never carried, even when this row has no run in it
+    (ln,) = carry(build_lines([cell], runs + [_run("sskd_ablation_mini", "CE only", 0, 1.0,
+                                                   smoke)]), runs, {(cell.id, "KD"): old})
+    assert "mini" in ln.tiers   # `runs` (what carry is told ran) has no mini run: carried
+    (ln,) = carry(build_lines([cell], runs), runs + [_run("sskd_ablation_mini", "CE only", 0,
+                                                          1.0, smoke)], {(cell.id, "KD"): old})
+    assert "mini" not in ln.tiers and ln.compared == "cifar100"
+    assert tier_compute("smoke: 1 CPU-core-h; 2 GPU-h (x)", "smoke", ["smoke"]) == (
+        "1 CPU-core-h; 2 GPU-h (x)")
+
+
 # ---------------------------------------------------------------- kdray ledger on a real store
 def _store(tmp_path: Path) -> str:
     from mlflow.tracking import MlflowClient
@@ -312,7 +358,7 @@ def test_a_rebuild_keeps_the_runs_and_lines_of_stores_no_longer_given(tmp_path, 
     assert "57.57 ± 0.03 (n=3)" in carried and "other setting (mini) [carried]" in carried
     assert "`c35d1444`, `66da71df`" in carried and "fe9aa8b" in carried
     text = (out / "LEDGER.md").read_text()
-    assert "[carried]: 1 lines kept" in text and "1 other setting" in text
+    assert "[carried]: 1 lines and 0 tiers of rebuilt lines kept" in text and "1 other setting" in text
     assert line("sskd/cifar100/wrn_40_2") == first
 
     # only the metrics a ledger reads are kept

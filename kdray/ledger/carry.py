@@ -5,8 +5,10 @@ store is not at hand (a store on another machine, a scratch store since deleted)
   metrics, params, commit, wall time, devices). The next `kdray ledger` reads it as one more
   source; a store read now wins for a run found in both.
 - lines carried from the previous ledger.csv: a line whose study has no run in any source read
-  now is kept as it was (its result columns verbatim), marked [carried] in LEDGER.md. This only
-  matters for ledgers written before the runs file existed.
+  now is kept as it was (its result columns verbatim), marked [carried] in LEDGER.md. A line
+  whose study ran in some tiers now keeps the others (say its smoke tier, when only the mini
+  study was re-run) as the csv had them: mean, std, n and that tier's compute, marked [carried].
+  This only matters for runs recorded before the runs file existed.
 No Ray, no MLflow.
 """
 
@@ -18,7 +20,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from kdray.ledger.render import TIERS, Line
+from kdray.ledger.render import CarriedTier, Line, settle
 
 RUNS_FILE = "ledger_runs.jsonl"
 _KEEP = ("test/", "val/")  # the split metrics the ledger reads (metric_value), and unprefixed ones
@@ -56,15 +58,46 @@ def read_previous(csv_path: str) -> dict[tuple[str, str], dict[str, str]]:
 
 def carry(lines: list[Line], runs: list[dict[str, Any]],
           previous: dict[tuple[str, str], dict[str, str]]) -> list[Line]:
-    """Mark the lines whose study has no run in `runs` but ran in the previous ledger as carried
-    from it (result columns as they were); the others are left as built."""
+    """Carry from the previous ledger what `runs` no longer hold: a whole line when its study
+    has no run in any tier, else each tier of the line whose study tier has no run (then the
+    line's status is settled again over its tiers); the others are left as built."""
     studies = {r["study"] for r in runs}
     for ln in lines:
         c = ln.cell
-        if any(f"{c.study}_{t}" in studies for t in (*TIERS, c.preset)):
-            continue
         old = previous.get((c.id, ln.row))
         if old is None or old.get("status", "not run") == "not run":
             continue
-        ln.carried, ln.status, ln.compared = old, old["status"], old.get("compared_tier", "")
+        columns = (("smoke", "smoke"), ("mini", "mini"), ("preset", c.preset))
+        ran = {tier for _, tier in columns if f"{c.study}_{tier}" in studies}
+        if not ran:
+            ln.carried, ln.status, ln.compared = old, old["status"], old.get("compared_tier", "")
+            continue
+        # the csv keeps no per-tier setting flag: the old line's status tells it
+        same = old.get("status") in ("within", "gap", "no paper value")
+        for col, tier in columns:
+            n, mean, std = int(float(old.get(f"{col}_n") or 0)), old.get(f"{col}_mean"), old.get(
+                f"{col}_std")
+            if tier in ran or tier in ln.tiers or n <= 0 or not mean:
+                continue
+            ln.tiers[tier] = CarriedTier(tier, float(mean), float(std) if std else None, n, same,
+                                         tier_compute(old.get("compute", ""), tier,
+                                                      [t for _, t in columns]))
+            if tier == c.preset:
+                ln.estimate = None
+        settle(ln)
     return lines
+
+
+def tier_compute(compute: str, tier: str, tiers: list[str]) -> str:
+    """`tier`'s part of a ledger's compute column ("smoke: 0.01 CPU-core-h; mini: 0.2
+    CPU-core-h; 0.1 GPU-h (A100)": a tier's part runs to the next tier's name)."""
+    parts: dict[str, list[str]] = {}
+    current = None
+    for piece in compute.split("; "):
+        name, sep, rest = piece.partition(": ")
+        if sep and name in tiers:
+            current = name
+            parts[current] = [rest]
+        elif current is not None:
+            parts[current].append(piece)
+    return "; ".join(parts.get(tier, []))

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from kdray.ledger.cells import Cell
 from kdray.ledger.flops import ASSUMPTION
-from kdray.ledger.render import STATUSES, TOLERANCE, Line, _facts, _setting, _tier_names
+from kdray.ledger.render import (
+    STATUSES,
+    TOLERANCE,
+    CarriedTier,
+    Line,
+    _facts,
+    _setting,
+    _tier_names,
+)
 
 
 def _paper_text(cell: Cell) -> str:
@@ -44,9 +52,11 @@ def render_md(lines: list[Line], sources: list[str] | None = None) -> str:
     stores = ("the MLflow store alone" if not sources or len(sources) == 1 else
               f"{len(sources)} sources (" + ", ".join(f"`{x}`" for x in sources) + ")")
     held = sum(ln.carried is not None for ln in lines)
-    carried = ([f"- [carried]: {held} lines kept as the previous ledger.csv had them: their "
-                "studies have no run in any source read now (rerun the study, or give its "
-                "store, to rebuild them)."] if held else [])
+    tiers = sum(isinstance(t, CarriedTier) for ln in lines for t in ln.tiers.values())
+    carried = ([f"- [carried]: {held} lines and {tiers} tiers of rebuilt lines kept as the "
+                "previous ledger.csv had them: their studies (tiers) have no run in any source "
+                "read now (rerun the study, or give its store, to rebuild them); a carried "
+                "tier's runs are not listed."] if held or tiers else [])
     out = ["# Reproduction ledger", "",
            f"Written by `kdray ledger` from {stores} (rerun it to refresh; the file "
            "is sorted and has no timestamps). One line per paper cell and study row aimed at it "

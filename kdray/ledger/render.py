@@ -75,16 +75,43 @@ class TierResult:
     def text(self) -> str:
         if not self.values:
             return ""
-        std = self.std
-        body = f"{self.mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-        return f"{body} (n={self.n})" + ("" if self.same_setting else " [other setting]")
+        return _tier_text(self.mean, self.std, self.n, self.same_setting)
+
+    def cost(self) -> str:
+        return compute_text(self.runs)
+
+
+@dataclass
+class CarriedTier:
+    """One tier of a line as the previous ledger.csv had it (`kdray.ledger.carry`): its study
+    tier has no run in any source read now, while the line's other tiers were rebuilt. Its runs
+    are not known one by one (the csv lists a line's commits and run ids over all its tiers), so
+    they are not listed with the rebuilt ones."""
+    tier: str
+    mean: float
+    std: float | None
+    n: int
+    same_setting: bool
+    compute: str = ""                   # the tier's part of the old compute column
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def text(self) -> str:
+        return _tier_text(self.mean, self.std, self.n, self.same_setting) + " [carried]"
+
+    def cost(self) -> str:
+        return f"{self.compute} [carried]" if self.compute else "[carried]"
+
+
+def _tier_text(mean: float, std: float | None, n: int, same_setting: bool) -> str:
+    body = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+    return f"{body} (n={n})" + ("" if same_setting else " [other setting]")
 
 
 @dataclass
 class Line:
     cell: Cell
     row: str
-    tiers: dict[str, TierResult] = field(default_factory=dict)
+    tiers: dict[str, TierResult | CarriedTier] = field(default_factory=dict)
     compared: str = ""                  # the tier the status is about
     delta: float | None = None
     status: str = "not run"
@@ -143,18 +170,25 @@ def build_lines(cells: Iterable[Cell], runs: list[dict[str, Any]],
                     vals = [metric_value(r["metrics"], cell.metric) for r in chosen]
                     line.tiers[tier] = TierResult(tier, chosen, vals,
                                                   all(matches(r, cell) for r in chosen))
-            for tier in (cell.preset, *reversed(TIERS)):  # the fullest tier that ran
-                if tier in line.tiers:
-                    res = line.tiers[tier]
-                    line.compared = tier
-                    if cell.value is not None and res.same_setting:
-                        line.delta = res.mean - cell.value
-                    line.status = status_of(cell.value, cell.pm, res.mean, res.same_setting)
-                    break
+            settle(line)
             if cell.preset not in line.tiers and estimate is not None:
                 line.estimate = estimate(cell)
             lines.append(line)
     return sorted(lines, key=lambda x: (x.cell.study, x.cell.id, x.cell.rows.index(x.row)))
+
+
+def settle(line: Line) -> None:
+    """Set the line's compared tier, Δ and status from the fullest tier it has."""
+    cell = line.cell
+    line.compared, line.delta, line.status = "", None, "not run"
+    for tier in (cell.preset, *reversed(TIERS)):
+        if tier in line.tiers:
+            res = line.tiers[tier]
+            line.compared = tier
+            if cell.value is not None and res.same_setting:
+                line.delta = res.mean - cell.value
+            line.status = status_of(cell.value, cell.pm, res.mean, res.same_setting)
+            return
 
 
 def compute_text(runs: Iterable[dict[str, Any]]) -> str:
@@ -180,7 +214,7 @@ def _num(x: float | None, fmt: str = ".2f") -> str:
 def _facts(line: Line) -> tuple[str, str, str, list[str]]:
     """(compute, commits, config hashes, run ids) over every tier's runs."""
     runs = [r for t in _tier_names(line.cell) if t in line.tiers for r in line.tiers[t].runs]
-    compute = "; ".join(f"{t}: {compute_text(line.tiers[t].runs)}"
+    compute = "; ".join(f"{t}: {line.tiers[t].cost()}"
                         for t in _tier_names(line.cell) if t in line.tiers)
     commits = ",".join(sorted({(r.get("commit") or "?")[:10] for r in runs}))
     hashes = ",".join(sorted({config_hash(r.get("params") or {}) for r in runs}))
