@@ -170,3 +170,45 @@ def test_paper_preset_cli_names_missing_data_before_ray(preset, tmp_path, monkey
         session.preflight(S.phase1_config(S.build(preset), preset).override(
             {"data.root": str(root)}))
     assert str(root) in str(e.value)
+
+
+def test_evaluating_between_epochs_does_not_change_training(tmp_path, synth_root, monkeypatch):
+    """The SMKD mini rows evaluate only after their last epoch (there 500 + 500 episodes take
+    about 80 s against 160 s of training per epoch); that is only a saving, not another experiment, if an
+    evaluation between epochs leaves training untouched (no draw from the training RNG, no
+    BatchNorm, EMA or centre update): the same run with and without it ends with the same
+    weights, up to the float noise of two identical CPU runs (observed up to 4e-6), far below
+    what another seed gives (0.35). Training reseeds its own RNG streams, so even an evaluator
+    that draws from the global torch RNG leaves it as it was."""
+    import torch
+
+    import kdray.eval as kd_eval
+    from kdray.engine.runner import run_local
+
+    cfg = smoke_cfg(synth_root, **{"train.epochs": 2, "train.steps_per_epoch": 3,
+                                   "eval.episodes": 20, "method_cfg.allow_scratch": True})
+
+    def weights(name: str, every: int, **over) -> dict[str, torch.Tensor]:
+        res = run_local(cfg.override({"eval.every": every, **over}), str(tmp_path / name))
+        assert ("test/acc_5w1s" in res.history[0]) == (every == 1)
+        model = torch.load(tmp_path / name / "checkpoint.pt", weights_only=True)["model"]
+        assert model.keys() == {"student", "teacher", "cls_center", "patch_center"}
+        return {f"{part}.{k}": v for part, sd in model.items() for k, v in sd.items()
+                if v.is_floating_point()}
+
+    def gap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        assert a.keys() == b.keys()
+        return max((a[k] - b[k]).abs().max().item() for k in a)
+
+    last = weights("last", 2)
+    assert gap(weights("every", 1), last) < 1e-4   # student, EMA teacher and both centres
+    assert gap(weights("seed1", 2, seed=1), last) > 1e-2   # the measure tells runs apart
+
+    real = kd_eval.build_evaluator
+
+    def drawing(*a, **k):   # an evaluator that consumes the global torch RNG
+        inner = real(*a, **k)
+        return lambda *x, **y: (torch.rand(1), inner(*x, **y))[1]
+
+    monkeypatch.setattr(kd_eval, "build_evaluator", drawing)
+    assert gap(weights("drawing", 1), last) < 1e-4

@@ -150,6 +150,10 @@ def test_a_row_with_its_own_length_is_finished_at_its_own_last_epoch():
     study = load_study("smkd_ablation").build("mini")
     ce = study.rows[0]
     assert ce.overrides["train.epochs"] == 6 and study.base.train.epochs == 2
+    # every mini row evaluates once, after its own last epoch
+    assert ce.overrides["eval.every"] == 6 and study.base.eval.every == 2
+    phase1 = load_study("smkd_ablation").phase1_config(study, "mini")
+    assert phase1.eval.every == phase1.train.epochs == 4
 
     def rec(label, epoch):
         res = SimpleNamespace(metrics={"epoch": epoch}, config={ROW_KEY: label, SEED_KEY: 0},
