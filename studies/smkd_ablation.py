@@ -4,7 +4,7 @@ checkpoint (phase 1 continued, + Eq. 3, + Eq. 5, released-code variant, full), t
 Writes results/smkd_ablation_<preset>.md.
 
     python studies/smkd_ablation.py --preset smoke      # generated few-shot data, CPU, minutes
-    python studies/smkd_ablation.py --preset mini       # Omniglot, 28-px ViT, 3 seeds, < 1 h CPU
+    python studies/smkd_ablation.py --preset mini       # Omniglot, 28-px ViT, 5 rows x 3 seeds, ~1 h CPU
     python studies/smkd_ablation.py --preset cifar_fs   # paper settings (also fc100, mini_imagenet)
 """
 
