@@ -20,7 +20,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from kdray.ledger.render import CarriedTier, Line, settle
+from kdray.ledger.render import CarriedTier, Line, _tier_names, settle
 
 RUNS_FILE = "ledger_runs.jsonl"
 _KEEP = ("test/", "val/")  # the split metrics the ledger reads (metric_value), and unprefixed ones
@@ -81,14 +81,14 @@ def carry(lines: list[Line], runs: list[dict[str, Any]],
                 continue
             ln.tiers[tier] = CarriedTier(tier, float(mean), float(std) if std else None, n, same,
                                          tier_compute(old.get("compute", ""), tier,
-                                                      [t for _, t in columns]))
+                                                      _tier_names(c)))
             if tier == c.preset:
                 ln.estimate = None
         settle(ln)
     return lines
 
 
-def tier_compute(compute: str, tier: str, tiers: list[str]) -> str:
+def tier_compute(compute: str, tier: str, tiers: Iterable[str]) -> str:
     """`tier`'s part of a ledger's compute column ("smoke: 0.01 CPU-core-h; mini: 0.2
     CPU-core-h; 0.1 GPU-h (A100)": a tier's part runs to the next tier's name)."""
     parts: dict[str, list[str]] = {}

@@ -13,6 +13,7 @@ from kdray.ledger.render import (
     _facts,
     _setting,
     _tier_names,
+    _tier_text,
 )
 
 
@@ -29,8 +30,8 @@ def _carried_md(ln: Line) -> tuple[list[str], str, str, str, str, str, str]:
     tiers = []
     for t in ("smoke", "mini", "preset"):
         n, mean, std = k.get(f"{t}_n", "0"), k.get(f"{t}_mean", ""), k.get(f"{t}_std", "")
-        text = "–" if n in ("", "0") or not mean else (
-            f"{float(mean):.2f}" + (f" ± {float(std):.2f}" if std else "") + f" (n={n})")
+        text = "–" if n in ("", "0") or not mean else _tier_text(
+            float(mean), float(std) if std else None, int(n), same_setting=True)
         tiers.append(f"{ln.cell.preset}: {text}" if t == "preset" else text)
     delta = f"{float(k['delta']):+.2f}" if k.get("delta") else "–"
     status = (k.get("status") or "not run") + (

@@ -72,6 +72,7 @@ MINI_PHASE1: dict[str, Any] = {_M + "phase": "ssl", "train.epochs": 4, "eval.eve
 # rows evaluate after their last epoch only: 500 + 500 episodes take about 80 s against 160 s of
 # training per epoch, and an evaluation in between changes no weight (tests/test_smkd_e2e.py)
 MINI_PHASE2: dict[str, Any] = {_M + "phase": "supervised", "train.epochs": 2, "eval.every": 2}
+_MINI_CE_EPOCHS = MINI_PHASE1["train.epochs"] + MINI_PHASE2["train.epochs"]  # phase 1 + 2
 
 # Phase 1 runs once on both cores; phase 2 rows run two at a time, one core each.
 SMOKE_PHASE1: dict[str, Any] = {_M + "phase": "ssl", _M + "ema_momentum": 0.98, "train.epochs": 3,
@@ -148,8 +149,7 @@ ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 MINI_ROWS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("supervised CE, same ViT, 600 steps", "",
      {"method": "ce", "data.augment": "basic", "data.class_aware": 0, "train.init_from": "",
-      "train.epochs": MINI_PHASE1["train.epochs"] + MINI_PHASE2["train.epochs"],
-      "eval.every": MINI_PHASE1["train.epochs"] + MINI_PHASE2["train.epochs"]}),
+      "train.epochs": _MINI_CE_EPOCHS, "eval.every": _MINI_CE_EPOCHS}),
     ("phase 1 only: iBOT continued, compute-matched", "", {_M + "phase": "ssl"}),
     ("phase 2: + supervised [CLS] (Eq. 3)", "", {_M + "w_patch": 0.0}),
     ("phase 2 full, official code's patch + [CLS] impl", "",

@@ -15,16 +15,15 @@ from typing import Any
 
 from kdray.config import ExperimentConfig
 from kdray.data import num_train_classes
-from kdray.modules.teachers import TeacherCard, write_card
+from kdray.modules.teachers import write_card
 from kdray.runtime import driver
 
 
 @dataclass(frozen=True)
 class RegisteredTeacher:
     checkpoint: str
-    score: float            # as the stage logged it: top-1 in %, or box AP in [0, 1]
-    card: TeacherCard       # its score in % (AP x 100), as every card holds it
-    metrics: dict[str, float]
+    score: float            # as the stage logged it: top-1 in %, or box AP in [0, 1] (its card
+                            # holds AP x 100, as every card holds a %)
     text: str               # "top-1 71.20%" / "AP 0.917": what the study's description says
 
 
@@ -48,4 +47,4 @@ def teacher_stage(study: Any, args: Any, cfg: ExperimentConfig, suffix: str, *,
     name = f"RetinaNet-{arch}" if box else arch
     ss = f", SS accuracy {card.ss_acc:.1f}%" if ss_acc_key else ""
     print(f"[kdray] teacher {name}: {text}{ss} ({stage.checkpoint}, sha256 {card.sha256[:12]})")
-    return RegisteredTeacher(stage.checkpoint, score, card, stage.metrics, f"{name}: {text}")
+    return RegisteredTeacher(stage.checkpoint, score, f"{name}: {text}")
