@@ -188,6 +188,12 @@ def test_a_rebuild_from_one_tier_keeps_the_other_tiers_of_the_previous_csv():
     assert "mini" not in ln.tiers and ln.compared == "cifar100"
     assert tier_compute("smoke: 1 CPU-core-h; 2 GPU-h (x)", "smoke", ["smoke"]) == (
         "1 CPU-core-h; 2 GPU-h (x)")
+    # carrying a carried tier again gives the same line (a rebuild is idempotent)
+    again = {(cell.id, "KD"): next(csv.DictReader(io.StringIO(render_csv(carry(
+        build_lines([cell], runs), runs, {(cell.id, "KD"): old})))))}
+    (ln2,) = carry(build_lines([cell], runs), runs, again)
+    assert render_csv([ln2]) == render_csv(carry(build_lines([cell], runs), runs,
+                                                 {(cell.id, "KD"): old}))
 
 
 # ---------------------------------------------------------------- kdray ledger on a real store

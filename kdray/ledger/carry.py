@@ -100,4 +100,5 @@ def tier_compute(compute: str, tier: str, tiers: Iterable[str]) -> str:
             parts[current] = [rest]
         elif current is not None:
             parts[current].append(piece)
-    return "; ".join(parts.get(tier, []))
+    # a tier carried before says so in its part: the mark is rendered, not stored
+    return "; ".join(parts.get(tier, [])).removesuffix(" [carried]")
