@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from PIL import Image
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from kdray.checks import UserError
@@ -115,6 +117,11 @@ class ImageDataset(Dataset):
     def load(self, i: int) -> Image.Image:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def load_uint8(self, i: int) -> Tensor:
+        """Image i as a (3, H, W) uint8 tensor, equal to the RGB pixels of `load(i)`. Datasets
+        that hold pixel arrays override it to skip PIL (batched evaluation reads through it)."""
+        return torch.from_numpy(np.array(self.load(i), dtype=np.uint8)).permute(2, 0, 1)
+
     def __len__(self) -> int:
         return len(self.targets)
 
@@ -137,6 +144,15 @@ class ArrayDataset(ImageDataset):
 
     def load(self, i: int) -> Image.Image:
         return Image.fromarray(self.images[self.rows[i]]).convert("RGB")
+
+    def load_uint8(self, i: int) -> Tensor:
+        return rgb_tensor(self.images[self.rows[i]])
+
+
+def rgb_tensor(pixels: np.ndarray) -> Tensor:
+    """(3, H, W) uint8 from (H, W) grayscale or (H, W, 3) RGB pixels, as PIL's RGB convert."""
+    t = torch.from_numpy(np.array(pixels, dtype=np.uint8))  # a copy: arrays may be read-only
+    return t.expand(3, *t.shape) if t.ndim == 2 else t.permute(2, 0, 1)
 
 
 def select_classes(labels: np.ndarray, keep: Sequence[int]) -> tuple[np.ndarray, list[int]]:

@@ -143,6 +143,9 @@ class RowsDataset(ImageDataset):
     def load(self, i: int):
         return self.parent.load(int(self.rows[i]))
 
+    def load_uint8(self, i: int):
+        return self.parent.load_uint8(int(self.rows[i]))
+
 
 def build(cfg: DataConfig, split: str) -> ImageDataset:
     """Split ``base`` | ``train`` | ``val`` | ``test`` of an FSCIL dataset (protocol class ids as

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdray.config import ConfigError
 from kdray.data.base import ImageDataset, mix_seed
@@ -143,6 +143,55 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     sampler.set_epoch(epoch)
     if loader.generator is not None:
         loader.generator.manual_seed(mix_seed(sampler.seed, epoch, sampler.rank))
+
+
+class _Pixels(Dataset):
+    """Items ``indices`` of an ImageDataset as (uint8 (3, H, W), label), transform not applied."""
+
+    def __init__(self, base: ImageDataset, indices: Sequence[int]) -> None:
+        self.base, self.indices = base, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[Tensor, int]:
+        i = self.indices[j]
+        return self.base.load_uint8(i), self.base.targets[i]
+
+
+class _TransformBatch:
+    """Collate: stack equally sized images and transform the stack at once; a batch of mixed
+    sizes is transformed image by image (the same result, slower)."""
+
+    def __init__(self, transform: Callable[[Tensor], Tensor]) -> None:
+        self.transform = transform
+
+    def __call__(self, items: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor]:
+        images = [im for im, _ in items]
+        labels = torch.as_tensor([y for _, y in items], dtype=torch.int64)
+        if len({im.shape for im in images}) == 1:
+            return self.transform(torch.stack(images)), labels
+        return torch.stack([self.transform(im) for im in images]), labels
+
+
+def eval_loader(dataset: Dataset, indices: Sequence[int], *, batch_size: int,
+                num_workers: int = 0) -> DataLoader:
+    """A loader over items ``indices`` of ``dataset`` in order (no shuffle, no drop), yielding
+    (images, labels). When the dataset (or the ImageDataset under its Subsets) has a ``batched``
+    transform, images are read as uint8 and transformed a batch at a time: identical tensors,
+    7x faster than per-image PIL transforms on Omniglot at 28 px, 21x on CIFAR-10 at 32 px
+    (bench/eval_batching.py, one thread)."""
+    base, idx = dataset, list(indices)
+    while isinstance(base, Subset):
+        idx = [int(base.indices[i]) for i in idx]
+        base = base.dataset
+    transform = getattr(base, "transform", None)
+    if isinstance(base, ImageDataset) and getattr(transform, "batched", False):
+        return DataLoader(_Pixels(base, idx), batch_size=batch_size, shuffle=False,
+                          num_workers=num_workers, drop_last=False,
+                          collate_fn=_TransformBatch(transform))
+    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, drop_last=False)
 
 
 def build_eval_dataset(cfg: ExperimentConfig) -> ImageDataset:

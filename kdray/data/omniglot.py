@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from kdray.data.base import DataNotFoundError, ImageDataset, data_roots, download
+from kdray.data.base import DataNotFoundError, ImageDataset, data_roots, download, rgb_tensor
 
 if TYPE_CHECKING:
+    from torch import Tensor
+
     from kdray.config import DataConfig
 
 SPLITS = ("train", "val", "test", "trainval")
@@ -159,10 +161,15 @@ class Omniglot(ImageDataset):
         with Image.open(self._files[s][d]) as im:
             return np.asarray(im.convert("L"))
 
-    def load(self, i: int) -> Image.Image:
+    def _pixels(self, i: int) -> np.ndarray:
         s, d, k = (int(x) for x in self._items[i])
-        img = np.ascontiguousarray(np.rot90(self._gray(s, d), k))  # counter-clockwise, as PIL
-        return Image.fromarray(img).convert("RGB")
+        return np.ascontiguousarray(np.rot90(self._gray(s, d), k))  # counter-clockwise, as PIL
+
+    def load(self, i: int) -> Image.Image:
+        return Image.fromarray(self._pixels(i)).convert("RGB")
+
+    def load_uint8(self, i: int) -> Tensor:
+        return rgb_tensor(self._pixels(i))
 
 
 def build(cfg: DataConfig, split: str) -> Omniglot:

@@ -54,14 +54,29 @@ def _finish(spec: DatasetSpec) -> list:
             v2.ToPureTensor()]
 
 
+class EvalTransform:
+    """Resize the short side, centre-crop, normalise: (3, H, W) or PIL in, (3, S, S) float out.
+
+    ``batched``: it draws nothing and each image's output depends on that image only, so applying
+    it to a stack (B, 3, H, W) of equally sized uint8 images equals applying it to each image
+    (tests/test_eval_batching.py); evaluation loaders rely on this (``kdray.data.loader``)."""
+
+    batched = True
+
+    def __init__(self, short: int, size: int, spec: DatasetSpec) -> None:
+        self.ops = v2.Compose([v2.ToImage(), v2.Resize(short, antialias=True),
+                               v2.CenterCrop(size), *_finish(spec)])
+
+    def __call__(self, img: Image.Image | Tensor) -> Tensor:
+        return self.ops(img)
+
+
 def eval_transform(cfg: DataConfig, spec: DatasetSpec, crop: float | None = None
-                   ) -> Callable[[Image.Image], Tensor]:
+                   ) -> EvalTransform:
     """Resize the short side to image_size / crop (default spec.eval_crop), centre-crop
     image_size, normalise."""
     size = cfg.image_size
-    short = int(round(size / (spec.eval_crop if crop is None else crop)))
-    return v2.Compose([v2.ToImage(), v2.Resize(short, antialias=True), v2.CenterCrop(size),
-                       *_finish(spec)])
+    return EvalTransform(int(round(size / (spec.eval_crop if crop is None else crop))), size, spec)
 
 
 def _blur(size: int, p: float) -> v2.Transform:

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from kdray import dist
 from kdray.data.episodes import Episode, sample_episodes, shard
+from kdray.data.loader import eval_loader
 from kdray.eval.classifiers import CLASSIFIERS, Classifier, distlinear, logreg, proto
 
 if TYPE_CHECKING:
@@ -45,9 +46,8 @@ class EvalResult:
 
 def shard_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0) -> DataLoader:
     """A loader over this rank's strided shard ``rank, rank + world, ...`` (no padding, no drop)."""
-    idx = list(range(dist.rank(), len(dataset), dist.world_size()))  # type: ignore[arg-type]
-    return DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, drop_last=False)
+    idx = range(dist.rank(), len(dataset), dist.world_size())  # type: ignore[arg-type]
+    return eval_loader(dataset, idx, batch_size=batch_size, num_workers=num_workers)
 
 
 def unpack(batch: Any) -> tuple[Tensor, Tensor]:
