@@ -10,7 +10,7 @@ TPE search (ASHA) over w_cskd, w_distill and the schedule. Writes results/cskd_a
 from kdray.presets import cskd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.teacher_stage import teacher_stage
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 
 def build(preset: str) -> Study:
@@ -21,8 +21,7 @@ def build(preset: str) -> Study:
         space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",
         columns=(("top-1", "top1"), ("top-5", "top5")),
         description=lambda base: "Cumulative Spatial KD (CNN teacher -> DeiT student): ablation "
-                    + ("(DeiT, DeiT hard distillation, CSKD), no search. Rows on test."
-                       if preset == "mini" else "ladder, then a TPE search. " + split_note(base))
+                    + ("(DeiT, DeiT hard distillation, CSKD)." if preset == "mini" else "ladder.")
                     + " Paper column: ImageNet-1k top-1 (docs/methods/cskd.md §4.5"
                     + ("; mini: the DeiT-Ti cells, another dataset and scale, labelled IN-1k)."
                        if preset == "mini" else ")."))

@@ -9,7 +9,7 @@ TPE search (ASHA) over alpha (w_tckd), beta (w_nckd) and T. Writes results/dkd_a
 from kdray.presets import dkd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.teacher_stage import teacher_stage
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 
 def build(preset: str) -> Study:
@@ -18,7 +18,7 @@ def build(preset: str) -> Study:
         paper=lambda key, base: P.paper_number(key, preset), space=P.SPACE,
         budget=P.BUDGET[preset], metric="top1", columns=(("top-1", "top1"), ("top-5", "top5")),
         description=lambda base: "DKD (frozen CNN teacher -> CNN student): CE, KD and the "
-                    "decoupled terms, then a TPE search. " + split_note(base) + " Paper column: "
+                    "decoupled terms. Paper column: "
                     "CIFAR-100 top-1 of the same pair (docs/methods/dkd.md §3).")
 
 

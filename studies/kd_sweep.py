@@ -7,7 +7,7 @@ from kdray.presets import method_space
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
 from kdray.search import Budget
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 PRESETS = {
     "smoke": {"data.dataset": "synthetic_fs", "data.image_size": 32, "data.batch_size": 64,
@@ -29,8 +29,7 @@ def build(preset: str) -> Study:
         metric=lambda base: "acc_5w1s" if base.eval.kind == "fewshot" else "top1",
         columns=lambda base: (("5w1s", "acc_5w1s"), ("5w5s", "acc_5w5s"))
         if base.eval.kind == "fewshot" else (("top-1", "top1"),),
-        description=lambda base: "Hinton KD (tau, w_kd searched) against the CE-trained student. "
-                                 + split_note(base))
+        description=lambda base: "Hinton KD against the CE-trained student.")
 
 
 def with_teacher(study: Study, args) -> Study:

@@ -14,7 +14,7 @@ from kdray.data.fscil import protocol_for
 from kdray.presets import m2sd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 
 def stage1_config(study: Study, preset: str) -> ExperimentConfig:
@@ -40,7 +40,7 @@ def _describe(base: ExperimentConfig) -> str:
             f"training) checkpoint and trains {base.train.epochs} more epochs on the base session. "
             "Columns: top-1 (%) over all seen classes after each session (S0 = base), Avg, "
             "PD = S0 - last, and base / novel accuracy and their harmonic mean after the last "
-            f"session. {split_note(base)} References (docs/methods/m2sd.md §5.5, recalled): "
+            "session. References (docs/methods/m2sd.md §5.5, recalled): "
             f"{P.reference_note(ds)}.")
 
 

@@ -13,7 +13,7 @@ Writes results/mkd_ablation_<preset>.md.
 from kdray.presets import mkd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.teacher_stage import teacher_stage
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 COLUMNS = tuple((k, k) for k in ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L"))
 # shapes_det has no large object (its largest box, 56 x 56 px, is under COCO's 96^2 px area), so
@@ -23,7 +23,7 @@ MINI_COLUMNS = COLUMNS[:-1]
 
 MINI_NOTE = ("Data: shapes_det, generated (1-3 of three shapes per 128-px image, exact boxes; "
              "kdray/data/shapes_det.py), because a detector trained from scratch on COCO128 stays "
-             "at AP 0 within this budget. Rows on test (600 generated images); box AP in [0, 1]. "
+             "at AP 0 within this budget. The test split: 600 generated images; box AP in [0, 1]. "
              "No paper number matches this setting.")
 
 
@@ -36,11 +36,11 @@ def build(preset: str) -> Study:
         budget=P.BUDGET[preset], metric="AP", columns=MINI_COLUMNS if mini else COLUMNS,
         description=lambda base: "MKD (masked-input RetinaNet student, adaptive decoder, FGD "
                     "global loss): " + (
-                        "ablation (student alone, FGD-style feature MSE, MKD full), no search. "
+                        "ablation (student alone, FGD-style feature MSE, MKD full). "
                         + MINI_NOTE if mini else
-                        "ablation ladder, then a TPE search. Ours: COCO box AP in [0, 1]; paper "
+                        "ablation ladder. Ours: COCO box AP in [0, 1]; paper "
                         "column: COCO val2017 box AP in % (docs/methods/mkd.md §2.5; paper teacher "
-                        "assumed RetinaNet-X101, ours R101). " + split_note(base) + " The reported "
+                        "assumed RetinaNet-X101, ours R101). The reported "
                         "split `test` is COCO val2017 (coco128: its own 128 training images, a "
                         "smoke check only)."))
 

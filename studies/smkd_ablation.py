@@ -12,7 +12,7 @@ from kdray.config import ExperimentConfig
 from kdray.presets import smkd as P
 from kdray.runtime.cli_study import main
 from kdray.runtime.driver import study_stage
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 
 def phase1_config(study: Study, preset: str) -> ExperimentConfig:
@@ -37,7 +37,9 @@ def build(preset: str) -> Study:
             f"phase-1 (iBOT) checkpoint and trains {base.train.epochs} more epochs, so 'phase 1 "
             "only' is iBOT continued for the same compute. "
             f"{' / '.join(ways)} prototype accuracy (%) ± 95% CI on {base.eval.episodes} episodes. "
-            f"{split_note(base)} " + (
+            + (
+                "The supervised CE row trains the same ViT from scratch (single crops, a linear "
+                "classifier over the training classes) for phase 1's and phase 2's steps together. "
                 "No paper number matches this setting (the paper has no Omniglot table)." if mini
                 else "Paper column: docs/methods/smkd.md §1.5 (1-shot / 5-shot; iBOT = the "
                 "README's phase-1 model, SMKD = paper Tables 1-2, implementation unknown).")))

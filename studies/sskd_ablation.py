@@ -20,7 +20,7 @@ from kdray.presets import sskd as P
 from kdray.runtime import driver
 from kdray.runtime.cli_study import main
 from kdray.runtime.teacher_stage import teacher_stage
-from kdray.study import Study, split_note
+from kdray.study import Study
 
 
 def build(preset: str) -> Study:
@@ -32,8 +32,7 @@ def build(preset: str) -> Study:
         space={} if preset == "mini" else P.SPACE, budget=P.BUDGET[preset], metric="top1",
         columns=(("top-1", "top1"), ("top-5", "top5")),
         description=lambda base: "SSKD (CNN teacher -> CNN student): ablation ladder"
-                    + (" (CE, KD, SSKD), no search. Rows on test." if preset == "mini"
-                       else ", then a TPE search. " + split_note(base))
+                    + (" (CE, KD, SSKD)." if preset == "mini" else ".")
                     + " Paper column: CIFAR-100 top-1 of the same pair (docs/methods/sskd.md §3.6"
                     + ("; mini: of the resnet56 -> resnet20 pair it narrows, on another dataset, "
                        "labelled C100)." if preset == "mini" else ")."))

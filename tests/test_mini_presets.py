@@ -70,6 +70,17 @@ def test_smkd_mini_preset_runs_on_omniglot(shared_data, tmp_path):
     assert "train/t_entropy" in metrics[study.rows[-1].label]   # teacher health is logged
 
 
+def test_smkd_mini_rows_carry_the_labels_the_ledger_looks_up():
+    """The ledger finds a study's rows by label: every SMKD paper cell's row must be a mini row,
+    so the mini numbers land on its ledger line (they did not while the mini rows were named
+    "phase 2 full: ...")."""
+    from kdray.ledger.cells import load_cells
+
+    labels = {r.label for r in load_study("smkd_ablation").build("mini").rows}
+    wanted = {row for c in load_cells() if c.study == "smkd_ablation" for row in c.rows}
+    assert wanted and wanted <= labels, wanted - labels
+
+
 @pytest.mark.slow
 def test_sskd_mini_preset_runs_on_cifar10(shared_data, tmp_path):
     mod = load_study("sskd_ablation")

@@ -162,3 +162,36 @@ def test_a_row_with_its_own_length_is_finished_at_its_own_last_epoch():
 
     assert rec(ce.label, 6) == "finished" and rec(ce.label, 2) == "stopped"
     assert rec(study.rows[-1].label, 2) == "finished"
+
+
+def test_the_table_states_the_search_from_the_plan_so_no_search_is_never_described(tmp_path):
+    """`--no-search` empties the study's space after its description was written: the table's
+    sentence about splits and search comes from the plan, so it cannot describe a search that did
+    not run (the studies' own prose used to say "then a TPE search" regardless)."""
+    from dataclasses import replace
+
+    from kdray.study.describe import split_note
+    from kdray.study.table import write_results_md
+
+    study = load_study("dkd_ablation").build("smoke")
+    assert study.space
+    searched = split_note(study)
+    assert searched.startswith("Then a TPE search (Optuna, ASHA stopping) over w_tckd, w_nckd, tau: ")
+    assert f"{study.num_samples} trials, scored, stopped and selected on val only (cifar10 " in searched
+    assert searched.endswith("are scored on test.")
+    plain = replace(study, space={})
+    assert split_note(plain) == "Rows are scored on test; no search."
+    text = write_results_md(plain, [], str(tmp_path / "r.md"), header={})
+    paragraph = text.split("\n\n")[1]
+    assert paragraph.endswith("Rows are scored on test; no search.") and "search" not in \
+        paragraph.removesuffix("no search.").lower()
+    # no study's own description speaks of a search: the plan's sentence is the only one
+    for name in ("smkd_ablation", "sskd_ablation", "cskd_ablation", "m2sd_ablation",
+                 "mkd_ablation", "dkd_ablation", "kd_sweep"):
+        for preset in ("smoke", "mini"):
+            mod = load_study(name)
+            try:
+                desc = mod.build(preset).description
+            except KeyError:  # a study without this preset
+                continue
+            assert "search" not in desc.lower(), (name, preset, desc)

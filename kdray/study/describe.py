@@ -3,25 +3,29 @@ selects on (`split_note`) and what it will run (`study_cost`). Plain text from t
 
 from __future__ import annotations
 
-from kdray.config import ExperimentConfig
 from kdray.study.spec import BEST_LABEL, Study
 
 
-def split_note(base: ExperimentConfig) -> str:
-    """A sentence for a study description: which split rows and searched trials are scored on."""
+def split_note(study: Study) -> str:
+    """A sentence for the results table, from the plan (not the preset's prose, so `--no-search`
+    cannot leave a search described): the split the rows are scored on and, when the study
+    searches, what it searches and selects on."""
     from kdray.data.base import HOLDOUT_FRACTION
     from kdray.data.coco import SPECS as DETECTION
     from kdray.data.registry import CARVED_VAL
 
+    base = study.base
+    if not study.space:
+        return f"Rows are scored on {base.eval.split}; no search."
     ds = base.data.dataset
     share = "of the training images" if ds in DETECTION else "of each class"
     carved = (f" ({ds} has no val split apart from the reported one: val is carved from train, a "
               f"fixed {HOLDOUT_FRACTION:.0%} {share}, which searched trials and the stages they "
               "start from do not train on)") if ds in CARVED_VAL else ""
-    return (f"Rows and '{BEST_LABEL}' (the val-selected point re-run with every seed) are scored "
-            f"on {base.eval.split}; searched trials are scored, stopped and selected on val "
-            f"only{carved}.")
-
+    keys = ", ".join(k.split(".")[-1] for k in study.space)
+    return (f"Then a TPE search (Optuna, ASHA stopping) over {keys}: {study.num_samples} trials, "
+            f"scored, stopped and selected on val only{carved}. Rows and '{BEST_LABEL}' (the "
+            f"val-selected point re-run with every seed) are scored on {base.eval.split}.")
 
 
 def study_cost(study: Study) -> str:
