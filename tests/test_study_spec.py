@@ -195,3 +195,14 @@ def test_the_table_states_the_search_from_the_plan_so_no_search_is_never_describ
             except KeyError:  # a study without this preset
                 continue
             assert "search" not in desc.lower(), (name, preset, desc)
+
+
+def test_the_planned_cost_names_rows_that_train_longer():
+    """The console's plan line said "2 epochs each" for SMKD mini while its CE row trains 6."""
+    from kdray.study.describe import study_cost
+
+    mini = study_cost(load_study("smkd_ablation").build("mini"))
+    assert mini == ("15 trials (5 rows x 3 seeds), 2 epochs each ('supervised CE, same ViT, "
+                    "600 steps': 6); a trial: 1 worker x 1 CPU")
+    smoke = study_cost(load_study("dkd_ablation").build("smoke"))
+    assert smoke.endswith(", 2 epochs each; a trial: 1 worker x 1 CPU")

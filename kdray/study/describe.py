@@ -3,7 +3,7 @@ selects on (`split_note`) and what it will run (`study_cost`). Plain text from t
 
 from __future__ import annotations
 
-from kdray.study.spec import BEST_LABEL, Study
+from kdray.study.spec import BEST_LABEL, ROW_KEY, Study
 
 
 def split_note(study: Study) -> str:
@@ -46,5 +46,13 @@ def study_cost(study: Study) -> str:
     r = study.base.resources
     device = (f"{r.gpus_per_worker:g} GPU" if r.gpus_per_worker > 0
               else f"{r.cpus_per_worker} CPU")
-    return (f"{total} trials ({', '.join(parts)}), {study.base.train.epochs} epochs each; "
+    return (f"{total} trials ({', '.join(parts)}), {_lengths(study)}; "
             f"a trial: {r.num_workers} worker{'s' * (r.num_workers > 1)} x {device}")
+
+
+def _lengths(study: Study) -> str:
+    """"2 epochs each", or with rows of their own length "2 epochs each ('CE row': 6)"."""
+    base = study.base.train.epochs
+    own = [f"'{row.label}': {n}" for row in study.rows
+           if (n := study.trial_epochs({ROW_KEY: row.label})) != base]
+    return f"{base} epochs each" + (f" ({', '.join(own)})" if own else "")
