@@ -113,3 +113,39 @@ def test_features_from_the_batched_path_equal_the_per_image_ones(shared_data):
     ref_x, ref_y = per_image(sub, range(len(sub)))
     assert torch.equal(labels, ref_y)
     torch.testing.assert_close(feats, net(ref_x), rtol=0, atol=1e-6)
+
+
+def test_datasets_with_their_own_items_keep_their_path():
+    """A dataset whose `__getitem__` is not ImageDataset's (COCO's ignores `transform`) and a
+    Subset subclass are not bypassed by the batched path."""
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+
+    class OwnItems(ArrayDataset):
+        def __getitem__(self, i):
+            return torch.full((2,), float(i)), 7
+
+    ds = OwnItems(images, np.arange(4), [0, 1, 2, 3], list("abcd"))
+    ds.transform = eval_transform(DataConfig(image_size=8), get_spec("cifar10"), crop=1.0)
+    x, y, fast = batched(ds, [3, 1])
+    assert not fast and x.tolist() == [[3.0, 3.0], [1.0, 1.0]] and y.tolist() == [7, 7]
+
+    class Shifted(Subset):
+        def __getitem__(self, j):
+            img, label = super().__getitem__(j)
+            return img + 1, label
+
+        def __getitems__(self, js):
+            return [self[j] for j in js]
+
+    plain = ArrayDataset(images, np.arange(4), [0, 1, 2, 3], list("abcd"))
+    plain.transform = ds.transform
+    x, _, fast = batched(Shifted(plain, [0, 1]), [0, 1])
+    assert not fast and torch.equal(x, per_image(plain, [0, 1])[0] + 1)
+
+
+def test_pixels_of_another_shape_are_refused():
+    from kdray.data.base import rgb_tensor
+
+    assert rgb_tensor(np.zeros((5, 6), dtype=np.uint8)).shape == (3, 5, 6)
+    with pytest.raises(ValueError, match=r"expected \(H, W\) or \(H, W, 3\)"):
+        rgb_tensor(np.zeros((5, 6, 4), dtype=np.uint8))

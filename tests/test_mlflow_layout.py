@@ -75,5 +75,7 @@ def test_study_run_note_and_row_metrics(tmp_path):
                                         "row/a/s0/test/acc_5w5s": 40.0}
     describe_study_run(study, client, parent, rows, "# s\n\n- x: y\n\n| a | b |\n")
     run = client.get_run(parent)
-    assert run.data.tags["mlflow.note.content"] == "What it tests.\n\n| a | b |"
+    # the note says which split the rows were scored on (the table's paragraph), then the table
+    assert run.data.tags["mlflow.note.content"] == (
+        "What it tests. Rows are scored on test; no search.\n\n| a | b |")
     assert run.data.metrics == {"row/a/s0/test/acc_5w1s": 30.0, "row/a/s0/test/acc_5w5s": 40.0}

@@ -176,9 +176,14 @@ def test_the_table_states_the_search_from_the_plan_so_no_search_is_never_describ
     study = load_study("dkd_ablation").build("smoke")
     assert study.space
     searched = split_note(study)
-    assert searched.startswith("Then a TPE search (Optuna, ASHA stopping) over w_tckd, w_nckd, tau: ")
-    assert f"{study.num_samples} trials, scored, stopped and selected on val only (cifar10 " in searched
+    assert searched.startswith("A TPE (Optuna) search over w_tckd, w_nckd, tau on top of the last "
+                               f"row: {study.num_samples} trials, scored, stopped (ASHA) and "
+                               "selected on val only (cifar10 has no val split apart ")
     assert searched.endswith("are scored on test.")
+    random = split_note(replace(study, search="random", scheduler="none"))
+    assert random.startswith("A random search over w_tckd") and "stopped" not in random
+    mkd = split_note(load_study("mkd_ablation").build("smoke"))
+    assert "a fixed 10% of the training images" in mkd  # detection data: not "of each class"
     plain = replace(study, space={})
     assert split_note(plain) == "Rows are scored on test; no search."
     text = write_results_md(plain, [], str(tmp_path / "r.md"), header={})

@@ -119,7 +119,8 @@ class ImageDataset(Dataset):
 
     def load_uint8(self, i: int) -> Tensor:
         """Image i as a (3, H, W) uint8 tensor, equal to the RGB pixels of `load(i)`. Datasets
-        that hold pixel arrays override it to skip PIL (batched evaluation reads through it)."""
+        that hold pixel arrays override it to skip PIL (batched evaluation reads through it); a
+        subclass that overrides `load` must override this too, or neither."""
         return torch.from_numpy(np.array(self.load(i), dtype=np.uint8)).permute(2, 0, 1)
 
     def __len__(self) -> int:
@@ -151,6 +152,8 @@ class ArrayDataset(ImageDataset):
 
 def rgb_tensor(pixels: np.ndarray) -> Tensor:
     """(3, H, W) uint8 from (H, W) grayscale or (H, W, 3) RGB pixels, as PIL's RGB convert."""
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] == 3)):
+        raise ValueError(f"pixels of shape {pixels.shape}: expected (H, W) or (H, W, 3)")
     t = torch.from_numpy(np.array(pixels, dtype=np.uint8))  # a copy: arrays may be read-only
     return t.expand(3, *t.shape) if t.ndim == 2 else t.permute(2, 0, 1)
 

@@ -178,15 +178,17 @@ def eval_loader(dataset: Dataset, indices: Sequence[int], *, batch_size: int,
                 num_workers: int = 0) -> DataLoader:
     """A loader over items ``indices`` of ``dataset`` in order (no shuffle, no drop), yielding
     (images, labels). When the dataset (or the ImageDataset under its Subsets) has a ``batched``
-    transform, images are read as uint8 and transformed a batch at a time: identical tensors,
+    transform and ImageDataset's own ``__getitem__`` (COCO's, which ignores ``transform``, keeps
+    its path), images are read as uint8 and transformed a batch at a time: identical tensors,
     7x faster than per-image PIL transforms on Omniglot at 28 px, 21x on CIFAR-10 at 32 px
     (bench/eval_batching.py, one thread)."""
     base, idx = dataset, list(indices)
-    while isinstance(base, Subset):
+    while type(base) is Subset:  # a Subset subclass may change items: not unwrapped
         idx = [int(base.indices[i]) for i in idx]
         base = base.dataset
     transform = getattr(base, "transform", None)
-    if isinstance(base, ImageDataset) and getattr(transform, "batched", False):
+    plain = type(base).__getitem__ is ImageDataset.__getitem__  # (transform(load(i)), target)
+    if isinstance(base, ImageDataset) and plain and getattr(transform, "batched", False):
         return DataLoader(_Pixels(base, idx), batch_size=batch_size, shuffle=False,
                           num_workers=num_workers, drop_last=False,
                           collate_fn=_TransformBatch(transform))

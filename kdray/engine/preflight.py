@@ -239,14 +239,13 @@ def measure_top1(logits_fn: Callable[[Tensor], Tensor], cfg: ExperimentConfig,
                  max_items: int = 0) -> float:
     """Top-1 (%) of `logits_fn` ((B, 3, H, W) -> (B, C)) on cfg.eval.split, on `max_items`
     evenly spaced images (0 = all), on the CPU of the caller."""
-    from torch.utils.data import DataLoader, Subset
+    from kdray.data.loader import eval_loader
 
     data = build_eval_dataset(cfg)
     n = len(data)
-    if 0 < max_items < n:
-        data = Subset(data, [i * n // max_items for i in range(max_items)])
+    items = [i * n // max_items for i in range(max_items)] if 0 < max_items < n else range(n)
     hits = total = 0
-    for x, y in DataLoader(data, batch_size=cfg.eval.batch_size):
+    for x, y in eval_loader(data, items, batch_size=cfg.eval.batch_size):
         hits += int((logits_fn(x).argmax(dim=1) == torch.as_tensor(y)).sum())
         total += len(y)
     if total == 0:

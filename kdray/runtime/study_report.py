@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from kdray.study.describe import paragraph, val_source
 from kdray.study.spec import BEST_LABEL, Study
 from kdray.study.table import git_short_sha, hardware_summary, summarize_rows, write_results_md
 
@@ -188,7 +189,7 @@ def describe_study_run(study: Study, client, parent: str, rows: list[dict[str, A
 
     from kdray.study.progress import console_table
 
-    note = (study.description + "\n\n" if study.description else "") + console_table(text)
+    note = paragraph(study) + "\n\n" + console_table(text)
     client.set_tag(parent, "mlflow.note.content", note)
     stamp = int(time.time() * 1000)
     metrics = [Metric(k, v, stamp, 0) for k, v in row_metrics(study, rows).items()]
@@ -216,19 +217,9 @@ def _metric_line(study: Study) -> str:
     line = f"{study.metric} ({study.mode}); rows on {study.base.eval.split}"
     if study.space:
         line += (f"; searched trials scored, stopped and selected on {study.select_key} only"
-                 f" ({_val_source(study)}), the val-selected point re-run on "
+                 f" ({val_source(study)}), the val-selected point re-run on "
                  f"{study.base.eval.split} as '{BEST_LABEL}'")
     return line
-
-
-def _val_source(study: Study) -> str:
-    from kdray.data.base import HOLDOUT_FRACTION
-    from kdray.data.registry import CARVED_VAL
-
-    if study.base.data.dataset in CARVED_VAL:
-        return (f"val carved from train: a fixed {HOLDOUT_FRACTION:.0%} of each class, left out "
-                "of the searched trials' training")
-    return f"the val split of {study.base.data.dataset}"
 
 
 def search_report(study: Study, client, parent: str, searched: list[dict], results_dir: str,

@@ -1,31 +1,46 @@
-"""Sentences about a study, for its description and the console: which splits it scores and
-selects on (`split_note`) and what it will run (`study_cost`). Plain text from the plan; no Ray."""
+"""Sentences about a study from its plan (plain text, no Ray): which splits it scores and
+selects on (`split_note`, `val_source`: the results table, its header and the MLflow note) and
+what it will run (`study_cost`: the console)."""
 
 from __future__ import annotations
 
 from kdray.study.spec import BEST_LABEL, ROW_KEY, Study
 
 
-def split_note(study: Study) -> str:
-    """A sentence for the results table, from the plan (not the preset's prose, so `--no-search`
-    cannot leave a search described): the split the rows are scored on and, when the study
-    searches, what it searches and selects on."""
+def val_source(study: Study) -> str:
+    """Where the val split searched trials are scored on comes from."""
     from kdray.data.base import HOLDOUT_FRACTION
     from kdray.data.coco import SPECS as DETECTION
     from kdray.data.registry import CARVED_VAL
 
-    base = study.base
-    if not study.space:
-        return f"Rows are scored on {base.eval.split}; no search."
-    ds = base.data.dataset
+    ds = study.base.data.dataset
+    if ds not in CARVED_VAL:
+        return f"the val split of {ds}"
     share = "of the training images" if ds in DETECTION else "of each class"
-    carved = (f" ({ds} has no val split apart from the reported one: val is carved from train, a "
-              f"fixed {HOLDOUT_FRACTION:.0%} {share}, which searched trials and the stages they "
-              "start from do not train on)") if ds in CARVED_VAL else ""
+    return (f"{ds} has no val split apart from the reported one: val is carved from train, a "
+            f"fixed {HOLDOUT_FRACTION:.0%} {share}, which searched trials and the stages they "
+            "start from do not train on")
+
+
+def split_note(study: Study) -> str:
+    """The split the rows are scored on and, when the study searches, what it searches and
+    selects on: from the plan, not the preset's prose, so `--no-search` cannot leave a search
+    described."""
+    split = study.base.eval.split
+    if not study.space:
+        return f"Rows are scored on {split}; no search."
+    kind = {"optuna": "TPE (Optuna)", "random": "random"}.get(study.search, study.search)
+    stop = "scored, stopped (ASHA)" if study.scheduler == "asha" else "scored"
     keys = ", ".join(k.split(".")[-1] for k in study.space)
-    return (f"Then a TPE search (Optuna, ASHA stopping) over {keys}: {study.num_samples} trials, "
-            f"scored, stopped and selected on val only{carved}. Rows and '{BEST_LABEL}' (the "
-            f"val-selected point re-run with every seed) are scored on {base.eval.split}.")
+    return (f"A {kind} search over {keys} on top of the last row: {study.num_samples} trials, "
+            f"{stop} and selected on val only ({val_source(study)}). Rows and '{BEST_LABEL}' "
+            f"(the val-selected point re-run with every seed) are scored on {split}.")
+
+
+def paragraph(study: Study) -> str:
+    """The study's description followed by `split_note`: the results table's first paragraph
+    and the head of the study run's MLflow note."""
+    return f"{study.description} {split_note(study)}".strip()
 
 
 def study_cost(study: Study) -> str:

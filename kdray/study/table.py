@@ -13,7 +13,7 @@ from typing import Any
 
 from kdray.modules.health import collapse_flag
 from kdray.study import stats
-from kdray.study.describe import split_note
+from kdray.study.describe import paragraph
 from kdray.study.pairing import finite as _finite
 from kdray.study.pairing import row_delta
 from kdray.study.spec import BEST_LABEL, Study
@@ -94,7 +94,7 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     cols = list(study.columns) or [(study.metric, study.metric)]
     checks = _checks(rows)
     lines = [f"# {study.name}", ""]
-    lines += [f"{study.description} {split_note(study)}".strip(), ""]
+    lines += [paragraph(study), ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines.append(f"- ledger: [results/LEDGER.md#{study.name}](LEDGER.md#{study.name})")
     lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols + checks)
