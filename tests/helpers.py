@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
@@ -15,6 +17,27 @@ def load_study(name: str) -> ModuleType:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@contextmanager
+def gloo_group(rank: int, init: str, world_size: int = 2) -> Iterator[None]:
+    """A gloo process group for a test worker started by `mp.spawn`. The ranks that finish meet
+    at a barrier before the group is torn down: a rank destroying it while the other was still
+    at work aborted the other once in CI ("terminate called without an active exception"). A
+    rank that raised skips the barrier; `mp.spawn` then stops the rest."""
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # the ranks share the cores
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world_size)
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def kill_once(epoch: int, rank: int, marker: str):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import gloo_group
 
 from kdray import schedules
 from kdray.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -36,8 +37,11 @@ def _shard(batches: list[Batch], rank: int, world: int) -> list[Batch]:
 
 
 def _run(rank: int, world: int, init: str, out: str) -> None:
-    if world > 1:
-        dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    with gloo_group(rank, init, world) if world > 1 else nullcontext():
+        _train(rank, world, out)
+
+
+def _train(rank: int, world: int, out: str) -> None:
     torch.set_num_threads(1)
     seed_all(0)
     method = build_method(STEP_CFG, num_classes=5)
@@ -49,8 +53,6 @@ def _run(rank: int, world: int, init: str, out: str) -> None:
     if rank == 0:
         torch.save({"state": method.checkpoint_state()["student"], "metrics": res.metrics,
                     "logs": logs}, out)
-    if world > 1:
-        dist.destroy_process_group()
 
 
 def test_ddp_training_equals_single_process(tmp_path):

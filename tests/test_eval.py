@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import gloo_group
 from torch.utils.data import TensorDataset
 
 from kdray.config import DataConfig, EvalConfig, ExperimentConfig, ModelConfig
@@ -175,12 +175,8 @@ def _run_all(method, data: TensorDataset) -> dict:
 
 
 def _worker(rank: int, init: str, out: str, state: dict) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init):
         torch.save(_run_all(_method(state), _data()), f"{out}/rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
 
 
 def test_fewshot_evaluator_single_process() -> None:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from helpers import gloo_group
 from torch import nn
 from torchvision.models import resnet18
 
@@ -444,15 +444,11 @@ def test_coco_evaluator_accumulates_batches() -> None:
 
 
 def _ddp_worker(rank: int, init: str, out: str) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init):
         dets = _imperfect()
         shard = [dets[0], dets[2]] if rank == 0 else [dets[1], dets[0]]  # rank 1 pads with img 1
         res = evaluate_detections(shard, _gt(GT3))
         Path(out, f"rank{rank}.json").write_text(json.dumps(res))
-    finally:
-        tdist.destroy_process_group()
 
 
 def test_coco_ddp_gather_equals_single_process(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import socket
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
+from helpers import gloo_group
 from torch import nn
 
 from kdray.modules.center import Center
@@ -83,17 +83,12 @@ def _free_port() -> int:
 
 
 def _center_worker(rank: int, port: int, cases: list[list[torch.Tensor]], out: dict) -> None:
-    torch.set_num_threads(1)  # two processes share the cores
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                             world_size=2)
-    try:
+    with gloo_group(rank, f"tcp://127.0.0.1:{port}"):
         for n, chunks in enumerate(cases):
             c = Center(chunks[0].shape[-1], momentum=0.9)
             c.center.fill_(1.0)
             c.update(chunks[rank])
             out[(n, rank)] = c.center.clone()
-    finally:
-        tdist.destroy_process_group()
 
 
 def test_center_all_reduce_equals_concatenated_mean_two_gloo_processes():

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import gloo_group
 
 from kdray.config import ConfigError, DataConfig, ExperimentConfig, ModelConfig, TrainConfig
 from kdray.engine.preflight import method_preflight
@@ -435,13 +436,9 @@ def test_load_phase1_roundtrip_and_errors(tmp_path):
 
 
 def _ddp_worker(rank: int, port: int, out: dict) -> None:
-    import torch.distributed as tdist
     from torch.nn.parallel import DistributedDataParallel
 
-    torch.set_num_threads(1)  # two processes share the cores
-    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                             world_size=2)
-    try:
+    with gloo_group(rank, f"tcp://127.0.0.1:{port}"):
         for n, kw in enumerate([{"w_mim": 1.0, "wk_mode": "attention"}, {"w_cls": 0.0}]):
             m = _build(**kw)
             m.student = DistributedDataParallel(m.student)   # find_unused_parameters=False
@@ -452,8 +449,6 @@ def _ddp_worker(rank: int, port: int, out: dict) -> None:
                 m.after_step(STEP)
             out[(n, rank)] = (torch.cat([p.grad.flatten() for p in m.student.parameters()]),
                               m.cls_center.center.clone())
-    finally:
-        tdist.destroy_process_group()
 
 
 def test_ddp_two_gloo_processes_no_unused_parameters():

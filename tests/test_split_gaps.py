@@ -18,6 +18,7 @@ from helpers import load_study
 from kdray.config import DataConfig, ExperimentConfig
 from kdray.data.base import HOLDOUT_FRACTION, holdout_ids
 from kdray.data.registry import CARVED_VAL, build_dataset, check_data
+from kdray.study.describe import paragraph
 
 
 # ------------------------------------------------------------------ ImageNet
@@ -61,7 +62,8 @@ def test_imagenet_studies_report_on_test_and_search_on_carved_val(study, preset,
     assert (rb.eval.split, rb.data.holdout_val) == ("test", False)
     assert (sb.eval.split, sb.data.holdout_val) == ("val", True)
     assert s.key() == "test/top1" and s.select_key == "val/top1"
-    assert "carved from train" in s.description
+    text = paragraph(s)  # the table's first paragraph: split and search from the plan
+    assert "carved from train" in text and "selected on val only" in text
     for cfg in (rb, sb):  # the files are found for both splits (val needs only train)
         check_data(cfg.override({"data.root": imagenet_root}))
 
@@ -126,7 +128,9 @@ def test_mkd_study_reports_on_test_and_searches_on_carved_val(coco_root):
     s = load_study("mkd_ablation").build("smoke")
     rb, sb = s.report_base(), s.search_base()
     assert (rb.eval.split, sb.eval.split, sb.data.holdout_val) == ("test", "val", True)
-    assert "carved from train" in s.description and "selects on the reported" not in s.description
+    text = paragraph(s)
+    assert "carved from train, a fixed 10% of the training images" in text
+    assert "selects on the reported" not in text and text.endswith("are scored on test.")
     for cfg in (rb, sb):
         check_data(cfg.override({"data.root": coco_root}))
     assert len(s.validate()) > len(s.rows)

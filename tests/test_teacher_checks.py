@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as tdist
 import torch.multiprocessing as mp
+from helpers import gloo_group
 from torch.utils.data import TensorDataset
 
 from kdray.config import ExperimentConfig
@@ -121,14 +121,10 @@ def test_card_top1_is_logged_and_a_mismatch_is_flagged(tmp_path):
 
 
 def _worker(rank: int, init: str, out: str, ckpt: str, state: dict) -> None:
-    torch.set_num_threads(1)
-    tdist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, init):
         cfg, method = _kd(ckpt)
         method.load_state_dict(state)
         torch.save(Top1Evaluator(cfg, _data())(method, "cpu").metrics, f"{out}/rank{rank}.pt")
-    finally:
-        tdist.destroy_process_group()
 
 
 def test_teacher_metrics_over_two_ranks_equal_the_single_process(tmp_path):
