@@ -1,0 +1,58 @@
+"""Paired Δ between any two rows of a finished few-shot study, beyond the Δ vs baseline that its
+table prints: the same episode records (MLflow `eval/episodes.parquet`) and the same
+`stats.paired_episode_delta` as the table.
+
+    python diagnostics/paired_rows.py results/smkd_ablation_mini.md sqlite:///mlflow.db \
+        test/acc_20w1s "official code: patch + [CLS] impl" "phase 1 only: iBOT continued, compute-matched"
+
+prints `A − B: Δ [95% CI] (pairing)` for each pair A, B given after the key. The per-trial table
+(setting, seed, MLflow run) is read from the results file; the runs from the store.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+from kdray.runtime.mlflow_store import episode_records, open_store
+from kdray.study import stats
+from kdray.study.pairing import episode_accuracies
+
+
+def trial_runs(table_md: str) -> dict[str, list[tuple[int, str]]]:
+    """{setting: [(seed, run id)]} from the per-trial table of a results file (rows whose last
+    cell is a backquoted run id and whose status is `finished`)."""
+    runs: dict[str, list[tuple[int, str]]] = {}
+    for line in open(table_md, encoding="utf-8"):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 4 or not cells[-1].startswith("`") or "finished" not in cells:
+            continue
+        runs.setdefault(cells[0], []).append((int(cells[1]), cells[-1].strip("`")))
+    return runs
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) < 5 or (len(argv) - 3) % 2:
+        print(__doc__.strip().splitlines()[0], file=sys.stderr)
+        print("usage: paired_rows.py TABLE.md TRACKING_URI KEY A B [A B ...]", file=sys.stderr)
+        return 2
+    table, uri, key, names = argv[0], argv[1], argv[2], argv[3:]
+    runs = trial_runs(table)
+    missing = [n for n in names if n not in runs]
+    if missing:
+        print(f"error: {table}: no finished trials for {missing}; settings: {sorted(runs)}",
+              file=sys.stderr)
+        return 2
+    client = open_store(uri)
+    acc = {n: episode_accuracies([{"seed": s, "episodes": episode_records(client, r)}
+                                  for s, r in runs[n]], key) for n in set(names)}
+    for a, b in zip(names[::2], names[1::2]):
+        d = stats.paired_episode_delta(acc[a], acc[b])
+        print(f"{a} − {b}: {d.text()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
