@@ -5,7 +5,7 @@ first as tracked stages and registered with a card (checksum, arch, dataset, acc
 Writes results/sskd_ablation_<preset>.md.
 
     python studies/sskd_ablation.py --preset smoke      # CIFAR-10, conv4 -> conv2, CPU, minutes
-    python studies/sskd_ablation.py --preset mini       # CIFAR-10, resnet20 -> resnet8, 3 seeds, <1 h CPU
+    python studies/sskd_ablation.py --preset mini       # CIFAR-10, resnet20 -> resnet8, 10 seeds, <1 h CPU
     python studies/sskd_ablation.py --preset cifar100   # WRN-40-2 -> WRN-16-2, 240 epochs
     python studies/sskd_ablation.py --preset cifar100 --set model.teacher_arch=resnet32x4 \
         --set model.arch=shufflenetv1                   # any pair of the paper's table
