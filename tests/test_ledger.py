@@ -299,7 +299,7 @@ def test_kdray_ledger_merges_several_stores_and_counts_a_run_once(tmp_path, monk
     assert merged == line(b) != alone and "74.90 ± 0.28 (n=2)" in merged
 
 
-def test_ledger_help_and_study_tables_link_their_ledger_lines(tmp_path, capsys):
+def test_ledger_help_and_study_tables_link_their_ledger_lines(tmp_path, capsys, monkeypatch):
     from kdray.cli import main
     from kdray.config import ExperimentConfig
     from kdray.study import Row, Study
@@ -310,8 +310,15 @@ def test_ledger_help_and_study_tables_link_their_ledger_lines(tmp_path, capsys):
     assert e.value.code == 0 and "--tracking-uri" in capsys.readouterr().out
     study = Study(name="sskd_ablation_smoke", base=ExperimentConfig(), metric="top1",
                   rows=(Row("KD", {}),))
-    text = write_results_md(study, [], str(tmp_path / "s.md"), header={})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results" / "replication").mkdir(parents=True)
+    text = write_results_md(study, [], "results/s.md", header={})
     assert "- ledger: [results/LEDGER.md#sskd_ablation_smoke](LEDGER.md#sskd_ablation_smoke)" in text
+    # a table written with another --results-dir links the same ledger, relative to itself
+    text = write_results_md(study, [], "results/replication/s.md", header={})
+    assert "(../LEDGER.md#sskd_ablation_smoke)" in text
+    text = write_results_md(study, [], str(tmp_path / "s.md"), header={}, ledger_dir="results")
+    assert "(results/LEDGER.md#sskd_ablation_smoke)" in text
 
 
 def test_a_rebuild_keeps_the_runs_and_lines_of_stores_no_longer_given(tmp_path, monkeypatch):

@@ -89,14 +89,18 @@ def _n_images_key(key: str) -> str:
 
 
 def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
-                     header: dict[str, str]) -> str:
-    """results/<study>.md: one row per trial, mean ± 95% CI, the paper's number, MLflow run id."""
+                     header: dict[str, str], ledger_dir: str = "results") -> str:
+    """results/<study>.md: one row per trial, mean ± 95% CI, the paper's number, MLflow run id.
+    Its ledger link points at `ledger_dir`/LEDGER.md (`kdray ledger`'s default --out) relative
+    to the file, so it also resolves from a table written with another --results-dir."""
     cols = list(study.columns) or [(study.metric, study.metric)]
     checks = _checks(rows)
     lines = [f"# {study.name}", ""]
     lines += [paragraph(study), ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    lines.append(f"- ledger: [results/LEDGER.md#{study.name}](LEDGER.md#{study.name})")
+    link = os.path.relpath(os.path.abspath(os.path.join(ledger_dir, "LEDGER.md")),
+                           os.path.dirname(os.path.abspath(path))).replace(os.sep, "/")
+    lines.append(f"- ledger: [results/LEDGER.md#{study.name}]({link}#{study.name})")
     lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols + checks)
               + " | paper | epochs | status | MLflow run |",
               "|---" * (len(cols) + len(checks) + 7) + "|"]
