@@ -19,17 +19,15 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 from kdray.runtime.mlflow_store import episode_records, open_store
 from kdray.study import stats
 from kdray.study.pairing import episode_accuracies
+from kdray.study.table import read_trial_rows
 
 
 def trial_runs(table_md: str) -> dict[str, list[tuple[int, str]]]:
-    """{setting: [(seed, run id)]} from the per-trial table of a results file (rows whose last
-    cell is a backquoted run id and whose status is `finished`)."""
+    """{setting: [(seed, run id)]} of the finished trials in a results file's per-trial table."""
     runs: dict[str, list[tuple[int, str]]] = {}
-    for line in open(table_md, encoding="utf-8"):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 4 or not cells[-1].startswith("`") or "finished" not in cells:
-            continue
-        runs.setdefault(cells[0], []).append((int(cells[1]), cells[-1].strip("`")))
+    for r in read_trial_rows(table_md):
+        if r.get("status") == "finished":
+            runs.setdefault(r["setting"], []).append((int(r["seed"]), r["MLflow run"].strip("`")))
     return runs
 
 

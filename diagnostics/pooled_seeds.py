@@ -17,37 +17,22 @@ import re
 import sys
 
 from kdray.study import stats
+from kdray.study.table import read_trial_rows
 
-_NUMBER = re.compile(r"^[-+−]?\d+(\.\d+)?")
-
-
-def _cells(line: str) -> list[str]:
-    return [c.strip() for c in line.strip().strip("|").split("|")]
+_NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?")
 
 
 def per_seed(table_md: str, column: str) -> dict[str, dict[int, float]]:
-    """{setting: {seed: value of `column`}} from the per-trial table of a results file (the
-    table whose header starts `setting | seed`; rows whose status is `finished`)."""
+    """{setting: {seed: value of `column`}} of the finished trials in a results file's per-trial
+    table (the number that starts the cell; cells without one, e.g. "–", are left out)."""
+    rows = read_trial_rows(table_md)
+    if rows and column not in rows[0]:
+        raise ValueError(f"{table_md}: no column {column!r}; columns: {list(rows[0])}")
     out: dict[str, dict[int, float]] = {}
-    header: list[str] | None = None
-    for line in open(table_md, encoding="utf-8"):
-        if not line.startswith("|"):
-            header = None
-            continue
-        cells = _cells(line)
-        if cells[:2] == ["setting", "seed"]:
-            header = cells
-            continue
-        if header is None or set(cells[0]) <= {"-", ":"} or len(cells) != len(header):
-            continue
-        if column not in header:
-            raise ValueError(f"{table_md}: no column {column!r}; columns: {header}")
-        if header.count("status") and cells[header.index("status")] != "finished":
-            continue
-        m = _NUMBER.match(cells[header.index(column)])
-        if m is None:
-            continue
-        out.setdefault(cells[0], {})[int(cells[1])] = float(m.group(0).replace("−", "-"))
+    for r in rows:
+        m = _NUMBER.match(r[column]) if r.get("status") == "finished" else None
+        if m is not None:
+            out.setdefault(r["setting"], {})[int(r["seed"])] = float(m.group(0))
     return out
 
 

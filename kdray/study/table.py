@@ -88,6 +88,24 @@ def _n_images_key(key: str) -> str:
     return (key.rsplit("/", 1)[0] + "/" if "/" in key else "") + N_IMAGES
 
 
+def read_trial_rows(path: str) -> list[dict[str, str]]:
+    """The per-trial table of a results file that `write_results_md` wrote (the table whose
+    header starts `setting | seed`): one {column header: cell text} per trial, in file order."""
+    rows: list[dict[str, str]] = []
+    header: list[str] | None = None
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if not line.startswith("|"):
+                header = None
+                continue
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if cells[:2] == ["setting", "seed"]:
+                header = cells
+            elif header and len(cells) == len(header) and not set(cells[0]) <= set("-:"):
+                rows.append(dict(zip(header, cells)))
+    return rows
+
+
 def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
                      header: dict[str, str], ledger_dir: str = "results") -> str:
     """results/<study>.md: one row per trial, mean ± 95% CI, the paper's number, MLflow run id.
@@ -98,7 +116,7 @@ def write_results_md(study: Study, rows: list[dict[str, Any]], path: str, *,
     lines = [f"# {study.name}", ""]
     lines += [paragraph(study), ""]
     lines += [f"- {k}: {v}" for k, v in header.items()]
-    link = os.path.relpath(os.path.abspath(os.path.join(ledger_dir, "LEDGER.md")),
+    link = os.path.relpath(os.path.join(ledger_dir, "LEDGER.md"),
                            os.path.dirname(os.path.abspath(path))).replace(os.sep, "/")
     lines.append(f"- ledger: [results/LEDGER.md#{study.name}]({link}#{study.name})")
     lines += ["", "| setting | seed | split | " + " | ".join(h for h, _ in cols + checks)
