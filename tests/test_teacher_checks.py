@@ -1,9 +1,11 @@
 """Teacher checks of the top-1 evaluator: a classifier teacher's own top-1 on the eval split
 (measured once, next to its registry card's) and its argmax agreement with the student, summed
-over ranks like the student's top-1; the table cell that flags a card mismatch."""
+over ranks like the student's top-1; the table cell that flags a card mismatch; the on-disk cache
+of a frozen teacher's predictions (kdray.eval.teacher_cache)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,12 @@ from kdray.modules.teachers import write_card
 from kdray.study.table import teacher_cell
 
 N_IMAGES, N_CLASSES = 101, 6   # odd size: shards of 51 and 50 over two ranks
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """Each test its own teacher-prediction cache (spawned ranks inherit the variable)."""
+    monkeypatch.setenv("KDRAY_CACHE_DIR", str(tmp_path / "cache"))
 
 
 def _data() -> TensorDataset:
@@ -155,3 +163,79 @@ def test_teacher_logits_hook_of_every_teacher_kind(name, tmp_path):
         assert t is None
     else:
         assert t.shape == (len(x), NUM_CLASSES) and torch.isfinite(t).all()
+
+
+# ---------------------------------------------------------------------------- prediction cache
+def _no_teacher(method, monkeypatch) -> None:
+    monkeypatch.setattr(method, "teacher_logits", lambda x: pytest.fail("teacher run"))
+
+
+def test_a_new_trial_with_the_same_teacher_reads_its_predictions_from_disk(tmp_path, monkeypatch):
+    ckpt = _teacher_ckpt(tmp_path)
+    cfg, first_method = _kd(ckpt)
+    _spread(first_method.student, 0)
+    first = Top1Evaluator(cfg, _data())(first_method, "cpu").metrics
+    files = list((tmp_path / "cache" / "teacher_preds").glob("*/*.pt"))
+    assert len(files) == -(-N_IMAGES // cfg.eval.batch_size)  # one file per batch
+    # another trial: a new method (same checkpoint, other student), a new evaluator
+    cfg, method = _kd(ckpt)
+    _spread(method.student, 3)
+    agree, t_top1 = _by_hand(method, _data())
+    _no_teacher(method, monkeypatch)
+    m = Top1Evaluator(cfg, _data())(method, "cpu").metrics
+    assert m["test/teacher_top1"] == pytest.approx(t_top1, abs=1e-9) == first["test/teacher_top1"]
+    assert m["test/agreement"] == pytest.approx(agree, abs=1e-9)
+    assert m["test/agreement"] != first["test/agreement"]
+
+
+def test_other_weights_or_other_images_miss_the_cache(tmp_path, monkeypatch):
+    cfg, method = _kd(_teacher_ckpt(tmp_path, seed=1))
+    Top1Evaluator(cfg, _data())(method, "cpu")
+    # other teacher weights: its own predictions, computed
+    cfg2, other = _kd(_teacher_ckpt(tmp_path, seed=2))
+    m = Top1Evaluator(cfg2, _data())(other, "cpu").metrics
+    assert m["test/teacher_top1"] == pytest.approx(_by_hand(other, _data())[1], abs=1e-9)
+    # the same teacher on other images (e.g. another transform): computed, not looked up
+    shifted = TensorDataset(_data().tensors[0] + 0.5, _data().tensors[1])
+    calls = []
+    real = method.teacher_logits
+    monkeypatch.setattr(method, "teacher_logits", lambda x: calls.append(len(x)) or real(x))
+    m = Top1Evaluator(cfg, shifted)(method, "cpu").metrics
+    assert sum(calls) == N_IMAGES
+    assert m["test/teacher_top1"] == pytest.approx(_by_hand(method, shifted)[1], abs=1e-9)
+
+
+def test_a_damaged_cache_file_is_recomputed_and_a_read_only_cache_still_evaluates(tmp_path,
+                                                                                  monkeypatch):
+    ckpt = _teacher_ckpt(tmp_path)
+    cfg, method = _kd(ckpt)
+    want = Top1Evaluator(cfg, _data())(method, "cpu").metrics
+    files = sorted((tmp_path / "cache" / "teacher_preds").glob("*/*.pt"))
+    files[0].write_bytes(b"not a tensor")
+    torch.save(torch.zeros(3), files[1])          # a tensor, but not predictions
+    cfg, method = _kd(ckpt)
+    assert Top1Evaluator(cfg, _data())(method, "cpu").metrics == want
+    # nowhere to write: predictions stay in memory, the numbers are the same
+    monkeypatch.setenv("KDRAY_CACHE_DIR", str(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o500)
+    try:
+        cfg, method = _kd(ckpt)
+        if os.access(tmp_path / "ro", os.W_OK):  # root ignores modes: block the folder instead
+            (tmp_path / "ro" / "teacher_preds").write_text("a file, not a folder")
+        assert Top1Evaluator(cfg, _data())(method, "cpu").metrics == want
+        assert not list((tmp_path / "ro").glob("**/*.pt"))
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_a_moving_teacher_is_never_cached(tmp_path, monkeypatch):
+    cfg, method = _kd(_teacher_ckpt(tmp_path))
+    monkeypatch.setattr(type(method), "teacher_update", "ema")
+    ev = Top1Evaluator(cfg, _data())
+    ev(method, "cpu")
+    assert not (tmp_path / "cache" / "teacher_preds").exists()
+    with torch.no_grad():
+        method.teacher.head.bias.add_(torch.linspace(-3, 3, N_CLASSES))  # the teacher moved
+    m = ev(method, "cpu").metrics
+    assert m["test/teacher_top1"] == pytest.approx(_by_hand(method, _data())[1], abs=1e-9)

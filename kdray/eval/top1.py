@@ -6,7 +6,9 @@ the loss up to float64 summation order.
 
 For methods with a frozen classifier teacher (`Method.teacher_logits` not None) it also reports
 the teacher-student top-1 agreement at every call and the teacher's own top-1, measured once (on
-the first call, the teacher being frozen) next to the top-1 its registry card records.
+the first call, the teacher being frozen) next to the top-1 its registry card records. A frozen
+teacher's argmax per batch comes from `kdray.eval.teacher_cache` (computed once per teacher
+weights and input batch, across calls, trials, ranks and studies).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch.utils.data import Dataset, Subset
 
 from kdray import dist
 from kdray.eval.fewshot import EvalResult, shard_loader, unpack
+from kdray.eval.teacher_cache import TeacherPredictions, teacher_key
 from kdray.modules.teachers import read_card
 
 if TYPE_CHECKING:
@@ -58,10 +61,19 @@ class Top1Evaluator:
         if 0 < k < n:  # evenly spaced, so class-sorted splits keep every class (smoke runs)
             dataset = Subset(dataset, [i * n // k for i in range(k)])
         self.dataset = dataset
-        self._teacher_pred: list[Tensor] | None = None  # this rank's teacher argmax per batch
+        self._preds: TeacherPredictions | None = None  # the frozen teacher's argmax cache
         self._teacher_top1: float | None = None
         self._card_top1: float | None = None
-        self._teacher_of = 0  # id() of the method the three above were measured on
+        self._teacher_of = 0  # id() of the method the three above belong to
+
+    def _frozen_preds(self, method: Method, device: torch.device | str) -> TeacherPredictions | None:
+        """The prediction cache of `method`'s frozen teacher; None for a moving teacher or none."""
+        if self._teacher_of != id(method):
+            self._teacher_of, self._preds, self._teacher_top1 = id(method), None, None
+            teacher = getattr(method, "teacher", None)
+            if method.teacher_update == "frozen" and isinstance(teacher, torch.nn.Module):
+                self._preds = TeacherPredictions(teacher_key(method, teacher, device))
+        return self._preds
 
     @torch.no_grad()
     def _local_sums(self, method: Method, device: torch.device | str) -> Tensor:
@@ -70,22 +82,19 @@ class Top1Evaluator:
         sums = torch.zeros(7, dtype=torch.float64, device=device)
         loader = shard_loader(self.dataset, batch_size=self.cfg.eval.batch_size,
                               num_workers=self.cfg.data.loader_workers)
-        if self._teacher_of != id(method):  # the cache holds one method's frozen teacher
-            self._teacher_of, self._teacher_pred, self._teacher_top1 = id(method), None, None
-        preds = self._teacher_pred
-        fresh: list[Tensor] = []
-        for i, batch in enumerate(loader):
+        preds = self._frozen_preds(method, device)
+        for batch in loader:
             x, y = unpack(batch)
+            key = preds.batch_key(x) if preds is not None else ""
             x, y = x.to(device, non_blocking=True), y.to(device=device, dtype=torch.int64)
             logits = method.logits(x)
             sums[:4] += _batch_sums(logits, y)
             if preds is not None:
-                sums[4:] += _teacher_sums(logits, preds[i], y)
-            elif (t := method.teacher_logits(x)) is not None:
-                fresh.append(t.argmax(1))
-                sums[4:] += _teacher_sums(logits, fresh[-1], y)
-        if fresh and method.teacher_update == "frozen":
-            self._teacher_pred = fresh
+                t_pred = preds.argmax(key, lambda x=x: method.teacher_logits(x))
+            else:
+                t_pred = t.argmax(1) if (t := method.teacher_logits(x)) is not None else None
+            if t_pred is not None:
+                sums[4:] += _teacher_sums(logits, t_pred.to(device), y)
         return sums
 
     def __call__(self, method: Method, device: torch.device | str) -> EvalResult:
