@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from kdray.config import ExperimentConfig
 from kdray.eval import Top1Evaluator
+from kdray.eval.teacher_cache import teacher_key
 from kdray.methods import build_method
 from kdray.modules.backbones import Classifier, build_backbone
 from kdray.modules.teachers import write_card
@@ -91,9 +92,9 @@ def test_agreement_and_teacher_top1_by_hand_teacher_measured_once(tmp_path, monk
     assert first["test/teacher_top1"] == pytest.approx(t_top1, abs=1e-9)
     # later evaluations: agreement of the new student, the frozen teacher is not run again
     _spread(method.student, 5)
-    monkeypatch.setattr(method, "teacher_logits", lambda x: pytest.fail("teacher run twice"))
-    second = ev(method, "cpu").metrics
-    monkeypatch.undo()
+    with monkeypatch.context() as mp:
+        mp.setattr(method, "teacher_logits", lambda x: pytest.fail("teacher run twice"))
+        second = ev(method, "cpu").metrics
     assert second["test/agreement"] == pytest.approx(_by_hand(method, data)[0], abs=1e-9)
     assert second["test/agreement"] != first["test/agreement"]
     assert second["test/teacher_top1"] == first["test/teacher_top1"]
@@ -193,16 +194,43 @@ def test_other_weights_or_other_images_miss_the_cache(tmp_path, monkeypatch):
     Top1Evaluator(cfg, _data())(method, "cpu")
     # other teacher weights: its own predictions, computed
     cfg2, other = _kd(_teacher_ckpt(tmp_path, seed=2))
-    m = Top1Evaluator(cfg2, _data())(other, "cpu").metrics
-    assert m["test/teacher_top1"] == pytest.approx(_by_hand(other, _data())[1], abs=1e-9)
+    assert _teacher_runs(other, monkeypatch, cfg2, _data()) == N_IMAGES
     # the same teacher on other images (e.g. another transform): computed, not looked up
     shifted = TensorDataset(_data().tensors[0] + 0.5, _data().tensors[1])
-    calls = []
+    assert _teacher_runs(method, monkeypatch, cfg, shifted) == N_IMAGES
+
+
+def _teacher_runs(method, monkeypatch, cfg, data) -> int:
+    """Images the teacher ran on in one evaluation; checks its metrics by hand."""
+    calls: list[int] = []
     real = method.teacher_logits
-    monkeypatch.setattr(method, "teacher_logits", lambda x: calls.append(len(x)) or real(x))
-    m = Top1Evaluator(cfg, shifted)(method, "cpu").metrics
-    assert sum(calls) == N_IMAGES
-    assert m["test/teacher_top1"] == pytest.approx(_by_hand(method, shifted)[1], abs=1e-9)
+    with monkeypatch.context() as mp:
+        mp.setattr(method, "teacher_logits", lambda x: calls.append(len(x)) or real(x))
+        m = Top1Evaluator(cfg, data)(method, "cpu").metrics
+    assert m["test/teacher_top1"] == pytest.approx(_by_hand(method, data)[1], abs=1e-9)
+    return sum(calls)
+
+
+def test_the_teacher_key_sees_settings_outside_the_weights():
+    """Two teachers with the same state_dict but another layer setting (BatchNorm eps) compute
+    other logits: their keys differ; the same module twice gives one key."""
+    a = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, eps=1e-5))
+    b = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3, eps=1e-1))
+    b.load_state_dict(a.state_dict())
+    host = torch.nn.Module()
+    assert teacher_key(host, a, "cpu") == teacher_key(host, a, "cpu")
+    assert teacher_key(host, a, "cpu") != teacher_key(host, b, "cpu")
+
+
+def test_a_cache_folder_owned_by_someone_else_is_not_used(tmp_path, monkeypatch):
+    ckpt = _teacher_ckpt(tmp_path)
+    cfg, method = _kd(ckpt)
+    want = Top1Evaluator(cfg, _data())(method, "cpu").metrics        # fills the cache
+    monkeypatch.setattr(os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    cfg, method = _kd(ckpt)
+    assert _teacher_runs(method, monkeypatch, cfg, _data()) == N_IMAGES
+    cfg, method = _kd(ckpt)
+    assert Top1Evaluator(cfg, _data())(method, "cpu").metrics == want
 
 
 def test_a_damaged_cache_file_is_recomputed_and_a_read_only_cache_still_evaluates(tmp_path,
@@ -213,6 +241,7 @@ def test_a_damaged_cache_file_is_recomputed_and_a_read_only_cache_still_evaluate
     files = sorted((tmp_path / "cache" / "teacher_preds").glob("*/*.pt"))
     files[0].write_bytes(b"not a tensor")
     torch.save(torch.zeros(3), files[1])          # a tensor, but not predictions
+    torch.save(torch.zeros(1, dtype=torch.int64), files[2])  # predictions of the wrong length
     cfg, method = _kd(ckpt)
     assert Top1Evaluator(cfg, _data())(method, "cpu").metrics == want
     # nowhere to write: predictions stay in memory, the numbers are the same

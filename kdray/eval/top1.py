@@ -7,8 +7,8 @@ the loss up to float64 summation order.
 For methods with a frozen classifier teacher (`Method.teacher_logits` not None) it also reports
 the teacher-student top-1 agreement at every call and the teacher's own top-1, measured once (on
 the first call, the teacher being frozen) next to the top-1 its registry card records. A frozen
-teacher's argmax per batch comes from `kdray.eval.teacher_cache` (computed once per teacher
-weights and input batch, across calls, trials, ranks and studies).
+teacher's argmax per batch comes from `kdray.eval.teacher_cache`: computed once per teacher and
+input batch, then reused by later calls, trials and studies.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class Top1Evaluator:
             logits = method.logits(x)
             sums[:4] += _batch_sums(logits, y)
             if preds is not None:
-                t_pred = preds.argmax(key, lambda x=x: method.teacher_logits(x))
+                t_pred = preds.argmax(key, len(y), lambda x=x: method.teacher_logits(x))
             else:
                 t_pred = t.argmax(1) if (t := method.teacher_logits(x)) is not None else None
             if t_pred is not None:
