@@ -395,3 +395,17 @@ def test_cache_never_written_into_a_read_only_data_folder(tmp_path: Path,
     finally:
         shared.chmod(0o755)
     assert cache_dir(DataConfig(root=str(writable / "deep")), "x") == writable / "deep" / "x"
+
+
+def test_save_atomic_writes_whole_files_and_leaves_no_temporary(tmp_path, monkeypatch):
+    from kdray.data.base import save_atomic
+
+    save_atomic(tmp_path / "a.npy", np.arange(5))
+    save_atomic(tmp_path / "b.npz", {"x": np.ones(2), "y": np.zeros(3)})
+    assert np.array_equal(np.load(tmp_path / "a.npy"), np.arange(5))
+    assert np.load(tmp_path / "b.npz")["y"].shape == (3,)
+    # a failed write leaves neither the target nor its temporary file behind
+    monkeypatch.setattr(np, "save", lambda f, a: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError, match="disk full"):
+        save_atomic(tmp_path / "c.npy", np.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npz"]

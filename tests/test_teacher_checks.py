@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -176,7 +177,7 @@ def test_a_new_trial_with_the_same_teacher_reads_its_predictions_from_disk(tmp_p
     cfg, first_method = _kd(ckpt)
     _spread(first_method.student, 0)
     first = Top1Evaluator(cfg, _data())(first_method, "cpu").metrics
-    files = list((tmp_path / "cache" / "teacher_preds").glob("*/*.pt"))
+    files = list((tmp_path / "cache" / "teacher_preds").glob("*/*.npy"))
     assert len(files) == -(-N_IMAGES // cfg.eval.batch_size)  # one file per batch
     # another trial: a new method (same checkpoint, other student), a new evaluator
     cfg, method = _kd(ckpt)
@@ -238,10 +239,11 @@ def test_a_damaged_cache_file_is_recomputed_and_a_read_only_cache_still_evaluate
     ckpt = _teacher_ckpt(tmp_path)
     cfg, method = _kd(ckpt)
     want = Top1Evaluator(cfg, _data())(method, "cpu").metrics
-    files = sorted((tmp_path / "cache" / "teacher_preds").glob("*/*.pt"))
+    files = sorted((tmp_path / "cache" / "teacher_preds").glob("*/*.npy"))
     files[0].write_bytes(b"not a tensor")
-    torch.save(torch.zeros(3), files[1])          # a tensor, but not predictions
-    torch.save(torch.zeros(1, dtype=torch.int64), files[2])  # predictions of the wrong length
+    np.save(files[1], np.zeros(3))                # an array, but not predictions
+    np.save(files[2], np.zeros(1, dtype=np.int64))  # predictions of the wrong length
+    torch.save(torch.zeros(16, dtype=torch.int64), files[3])  # another format (a zip)
     cfg, method = _kd(ckpt)
     assert Top1Evaluator(cfg, _data())(method, "cpu").metrics == want
     # nowhere to write: predictions stay in memory, the numbers are the same
@@ -253,7 +255,7 @@ def test_a_damaged_cache_file_is_recomputed_and_a_read_only_cache_still_evaluate
         if os.access(tmp_path / "ro", os.W_OK):  # root ignores modes: block the folder instead
             (tmp_path / "ro" / "teacher_preds").write_text("a file, not a folder")
         assert Top1Evaluator(cfg, _data())(method, "cpu").metrics == want
-        assert not list((tmp_path / "ro").glob("**/*.pt"))
+        assert not list((tmp_path / "ro").glob("**/*.npy"))
     finally:
         (tmp_path / "ro").chmod(0o700)
 

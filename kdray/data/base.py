@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,21 +194,34 @@ def cache_dir(cfg: DataConfig, name: str) -> Path:
                 preferred.mkdir(parents=True, exist_ok=True)
         if preferred.is_dir() and _writable(preferred):
             return preferred
-    fallback = Path(os.environ.get("KDRAY_CACHE_DIR", "~/.cache/kdray")).expanduser() / name
+    fallback = user_cache_dir(name)
     fallback.mkdir(parents=True, exist_ok=True)
     return fallback
 
 
+def user_cache_dir(name: str) -> Path:
+    """``$KDRAY_CACHE_DIR/<name>`` (default ``~/.cache/kdray/<name>``); not created here."""
+    return Path(os.environ.get("KDRAY_CACHE_DIR", "~/.cache/kdray")).expanduser() / name
+
+
 def save_atomic(path: Path, arrays: dict[str, np.ndarray] | np.ndarray) -> None:
     """Write an .npy (one array) or uncompressed .npz (a dict) via a temporary file and a rename,
-    so concurrent readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        if isinstance(arrays, dict):
-            np.savez(f, **arrays)
-        else:
-            np.save(f, arrays)
-    os.replace(tmp, path)
+    so concurrent readers never see a partial file. The temporary name carries the host, the
+    process and a random part and is created exclusively (never through an existing file or
+    link), so writers on several nodes of a shared folder cannot collide."""
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}."
+                         f"{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            if isinstance(arrays, dict):
+                np.savez(f, **arrays)
+            else:
+                np.save(f, arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager

@@ -16,37 +16,33 @@ The cache is content-addressed:
 What the key cannot see is code: a change to how a teacher computes its logits (a bug fix in a
 backbone) needs a new `VERSION` here, or the folder deleted.
 
-Files: ``$KDRAY_CACHE_DIR/teacher_preds/<teacher key>/<batch key>.pt`` (default
-``~/.cache/kdray``), one int64 tensor of argmax classes each. The folders are created private
-(0700) and used only when owned by the current user; a file is written to a unique temporary
-name and renamed (concurrent trials, ranks and nodes write identical bytes; a reader never sees
-a partial file), read with ``torch.load(weights_only=True)`` and used only when it is an int64
-vector of the batch's length, else recomputed. Where the folder cannot be written the
-predictions are kept in memory only. Deleting the folder is always safe.
+Files: ``$KDRAY_CACHE_DIR/teacher_preds/<teacher key>/<batch key>.npy`` (default
+``~/.cache/kdray``), one int64 vector of argmax classes each. The folders are created private
+(0700) and used only when owned by the current user; a file is written with the data package's
+`save_atomic` (a unique temporary name, then a rename: concurrent trials, ranks and nodes write
+identical bytes, a reader never sees a partial file), read with ``np.load(allow_pickle=False)``
+and used only when it is an int64 vector of the batch's length, else recomputed. Where the
+folder cannot be written the predictions are kept in memory only. Deleting the folder is always
+safe.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdray.data.base import save_atomic, user_cache_dir
 from kdray.dist import unwrap
 
 VERSION = 2  # bump when what a cached prediction means changes (or the key)
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")  # object addresses in a repr differ per process
-
-
-def cache_root() -> Path:
-    """``$KDRAY_CACHE_DIR/teacher_preds`` (default ``~/.cache/kdray/teacher_preds``)."""
-    return Path(os.environ.get("KDRAY_CACHE_DIR", "~/.cache/kdray")).expanduser() / "teacher_preds"
 
 
 def _tensor_bytes(t: Tensor) -> memoryview:
@@ -74,10 +70,9 @@ class TeacherPredictions:
 
     def __init__(self, key: str, root: Path | None = None) -> None:
         self.key = key
-        self.folder = (root or cache_root()) / key
+        self.folder = (root or user_cache_dir("teacher_preds")) / key
         self._memory: dict[str, Tensor] = {}
-        self._writable = True
-        self.hits = self.misses = 0
+        self._usable: bool | None = None  # the folder checked (on first use), then a write failed
 
     def batch_key(self, x: Tensor) -> str:
         """Digest of the teacher key and one batch of inputs (call on the CPU tensor)."""
@@ -92,55 +87,43 @@ class TeacherPredictions:
         or computed by `compute()` (the teacher's logits; None: a teacher that does not
         classify, nothing stored) and stored."""
         if (pred := self._memory.get(batch_key)) is not None:
-            self.hits += 1
             return pred
-        path = self.folder / f"{batch_key}.pt"
-        pred = self._load(path, n) if self._usable() else None
+        path = self.folder / f"{batch_key}.npy"
+        pred = self._load(path, n) if self._folder_ok() else None
         if pred is None:
-            self.misses += 1
             if (logits := compute()) is None:
                 return None
             pred = logits.argmax(1).to("cpu", torch.int64)
-            self._store(path, pred)
-        else:
-            self.hits += 1
+            if self._folder_ok():
+                try:
+                    save_atomic(path, pred.numpy())
+                except OSError:  # read-only, full, ...: keep predictions in memory only
+                    self._usable = False
         self._memory[batch_key] = pred
         return pred
 
-    def _usable(self) -> bool:
+    def _folder_ok(self) -> bool:
         """Whether the folder may be read and written: ours (created 0700 if absent); a folder
         someone else owns could hold planted predictions, so it is left alone."""
-        if not self._writable:
-            return False
-        try:
-            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._writable = self.folder.is_dir() and self.folder.stat().st_uid == os.getuid()
-        except OSError:
-            self._writable = False
-        return self._writable
+        if self._usable is None:
+            try:
+                self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._usable = self.folder.is_dir() and self.folder.stat().st_uid == os.getuid()
+            except OSError:
+                self._usable = False
+        return self._usable
 
     @staticmethod
     def _load(path: Path, n: int) -> Tensor | None:
+        """The stored vector, or None when absent, damaged or not `n` int64 classes."""
         try:
-            pred = torch.load(path, map_location="cpu", weights_only=True)
+            pred = np.load(path, allow_pickle=False)
         except FileNotFoundError:
             return None
-        except Exception:  # noqa: BLE001 - damaged or foreign (weights_only refused it): recompute
+        except Exception:  # noqa: BLE001 - damaged or foreign: recompute
             return None
-        ok = isinstance(pred, Tensor) and pred.dtype == torch.int64 and pred.shape == (n,)
-        return pred if ok else None
-
-    def _store(self, path: Path, pred: Tensor) -> None:
-        if not self._usable():
-            return
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-            with os.fdopen(fd, "wb") as f:
-                torch.save(pred, f)
-            os.replace(tmp, path)
-        except Exception:  # noqa: BLE001 - read-only, full, ...: keep predictions in memory only
-            self._writable = False
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+        if not isinstance(pred, np.ndarray):  # an .npz archive
+            pred.close()
+            return None
+        ok = pred.dtype == np.int64 and pred.shape == (n,)
+        return torch.from_numpy(pred) if ok else None
